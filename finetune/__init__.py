@@ -1,0 +1,1 @@
+"""LoRA fine-tuning: one config, callbacks, MLX and torch backends."""

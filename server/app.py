@@ -1,0 +1,160 @@
+"""`create_app(settings, engine=None)`: the Starlette application and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server.engine.base import Engine
+from server.engine.registry import (
+    LoadedModel,
+    ModelRegistry,
+    choose_backend,
+    load_engine,
+    resolve_model_path,
+)
+from server.engine.templates import ChatTemplate
+from server.engine.worker import GenerationWorker
+from server.errors import PomarError, error_envelope
+from server.middleware import APIKeyMiddleware
+from server.routes import chat, health, models
+from server.services.chat import ChatService
+from server.services.models import ModelService
+from server.settings import Settings
+
+log = logging.getLogger("pomar")
+
+
+@dataclass
+class Services:
+    """What routes reach through `request.app.state.services`."""
+
+    registry: ModelRegistry
+    models: ModelService
+    chat: ChatService
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
+    """Build the app; its lifespan loads the default model (or serves `engine` if given)."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        registry = ModelRegistry()
+        registry.add(await load_default_model(settings, engine))
+        app.state.services = Services(
+            registry=registry,
+            models=ModelService(registry),
+            chat=ChatService(
+                registry, max_n=settings.max_n, default_max_tokens=settings.default_max_tokens
+            ),
+        )
+        try:
+            yield
+        finally:
+            registry.close()
+
+    middleware = []
+    if settings.api_key is not None:
+        middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
+    return Starlette(
+        routes=[*health.routes, *models.routes, *chat.routes],
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            PomarError: _pomar_error,
+            ValidationError: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+
+
+async def load_default_model(settings: Settings, engine: Engine | None) -> LoadedModel:
+    """Resolve, pick the backend, and load the model on its own worker thread."""
+    if engine is None:
+        backend, why = choose_backend(settings.backend)
+        log.info("backend: %s (%s)", backend, why)
+        if backend == "mlx":
+            import os
+
+            from server.engine.openblas import status
+
+            log.info(status(os.environ))
+        path = await asyncio.to_thread(resolve_model_path, settings.model, settings.models_dir)
+        worker = GenerationWorker(backend)
+        started = time.perf_counter()
+        loaded = await worker.call(lambda: load_engine(backend, path))
+    else:
+        worker, started, loaded = GenerationWorker(engine.backend), time.perf_counter(), engine
+    log.info(
+        "model %s loaded from %s on %s in %.1f s",
+        settings.model,
+        loaded.model_path,
+        loaded.describe(),
+        time.perf_counter() - started,
+    )
+    return LoadedModel(
+        id=settings.model, engine=loaded, worker=worker, template=ChatTemplate(loaded.tokenizer)
+    )
+
+
+async def _pomar_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PomarError)
+    return JSONResponse(exc.to_envelope(), status_code=exc.status_code)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    first = exc.errors(include_url=False)[0]
+    param = _param_from_loc(first["loc"])
+    message = f"Invalid value for '{param}': {first['msg']}" if param else first["msg"]
+    envelope = error_envelope(message, "invalid_request_error", param or None, "invalid_value")
+    return JSONResponse(envelope, status_code=400)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message, code = f"Invalid URL ({request.method} {request.url.path})", "unknown_url"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+        code = "method_not_allowed"
+    else:
+        message, code = str(exc.detail), None
+    envelope = error_envelope(message, "invalid_request_error", None, code)
+    return JSONResponse(envelope, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(_request: Request, exc: Exception) -> Response:
+    log.error("internal error: %s", type(exc).__name__, exc_info=exc)
+    envelope = error_envelope(
+        "The server had an error while processing your request.", "server_error"
+    )
+    return JSONResponse(envelope, status_code=500)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal_error"}
+
+
+def _param_from_loc(loc: tuple[int | str, ...]) -> str:
+    """`('messages', 0, 'role')` -> `messages[0].role`, without pydantic's union type tags."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.isidentifier() and part not in _TYPE_TAGS:
+            out += f".{part}" if out else part
+        else:
+            break
+    return out

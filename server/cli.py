@@ -1,0 +1,97 @@
+"""The `pomar` command: serve, data (and later tune, models)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from server.settings import Settings
+
+log = logging.getLogger("pomar")
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="start the OpenAI-compatible server")
+    p.add_argument("--host", help="interface to bind (POMAR_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (POMAR_PORT, default 8000)")
+    p.add_argument("--model", help="embedded id, local HF folder or hub repo id (POMAR_MODEL)")
+    p.add_argument("--backend", choices=["auto", "mlx", "torch"], help="engine (POMAR_BACKEND)")
+    p.add_argument("--home", help="models, files and jobs (POMAR_HOME, default ~/.pomar)")
+    p.add_argument("--api-key", help="require this Bearer key on /v1 (POMAR_API_KEY)")
+    p.add_argument("--log-level", help="debug, info, warning... (POMAR_LOG_LEVEL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="pomar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    data = sub.add_parser("data", help="dataset lab: check | prepare | convert", add_help=False)
+    data.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment variables first, then the flags that were given on top."""
+    names = ("host", "port", "model", "backend", "home", "api_key", "log_level")
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return Settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pomar` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"]:
+        from datalab.cli import main as data_main
+
+        return data_main(argv[1:], resolve_model=_resolve_model_for_data)
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(settings_from_args(args), argv)
+    return 2
+
+
+def serve(settings: Settings, argv: list[str]) -> int:
+    """Run the server in the foreground until interrupted."""
+    if settings.backend in ("auto", "mlx"):
+        _reexec_with_openblas(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.api_key is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s without an API key: anyone who can reach it can use it", settings.host
+        )
+    import uvicorn
+
+    from server.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _reexec_with_openblas(argv: list[str]) -> None:
+    """On Linux, restart once with OpenBLAS preloaded so MLX gets a fast BLAS."""
+    from server.engine.openblas import preload_environment
+
+    env = preload_environment(os.environ)
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "server", *argv], env)
+
+
+def _resolve_model_for_data(model: str) -> str:
+    """Let `pomar data --model` take the server's model ids (the embedded one included)."""
+    from server.engine.registry import resolve_model_path
+
+    return str(resolve_model_path(model, Settings().models_dir))

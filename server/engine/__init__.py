@@ -1,0 +1,1 @@
+"""The Engine interface, its MLX and torch backends, and the generation worker."""

@@ -1,0 +1,62 @@
+"""The narrow interface every engine backend implements.
+
+A backend only knows how to turn prompt token ids into a stream of sampled token
+ids (the token step). Detokenization, stop strings, limits and finish reasons are
+shared by all backends in `server.engine.generation`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters of one completion, already validated by the protocol layer."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
+ShouldStop = Callable[[], bool]
+
+
+class Engine(abc.ABC):
+    """A loaded model that samples tokens. Methods run on the engine's worker thread."""
+
+    #: short backend name, e.g. "mlx" or "torch"
+    backend: str
+    #: the HF tokenizer (PreTrainedTokenizerFast) of the model
+    tokenizer: Any
+    #: ids that end a completion (eos and the template's end-of-turn)
+    eos_token_ids: frozenset[int]
+    #: where the weights came from
+    model_path: str
+
+    @abc.abstractmethod
+    def token_stream(
+        self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
+    ) -> Iterator[int]:
+        """Yield sampled token ids one at a time, forever or until `should_stop()`.
+
+        The caller stops iterating at eos, a stop string or the token limit, and
+        closes the generator; a backend must release its per-request state then.
+        """
+
+    @property
+    def context_length(self) -> int:
+        """Maximum positions the model takes (prompt + completion)."""
+        return 2048
+
+    def describe(self) -> str:
+        """One line for the log: backend, device, dtype."""
+        return self.backend

@@ -1,0 +1,122 @@
+"""Backend-independent generation: token step -> text chunks -> whole completion.
+
+Stop strings are matched on the decoded text, across token boundaries, and are
+never emitted: text that might be the start of a stop string is held back until
+it is known not to be one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from server.engine.base import Engine, GenerationParams, ShouldStop
+from server.engine.detokenizer import Detokenizer
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of completion text; the last chunk of a completion has `finish_reason`."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole completion."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text and holds back possible partial matches."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = stops
+        self._hold = max((len(s) for s in stops), default=1) - 1
+        self._pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit, whether a stop string was found)."""
+        self._pending += text
+        if not self._stops:
+            out, self._pending = self._pending, ""
+            return out, False
+        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            out = self._pending[: min(hits)]
+            self._pending = ""
+            return out, True
+        keep = self._partial_suffix()
+        cut = len(self._pending) - keep
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        """The held-back text, once generation ended without a stop string."""
+        out, self._pending = self._pending, ""
+        return out
+
+    def _partial_suffix(self) -> int:
+        """Length of the longest suffix of pending text that begins some stop string."""
+        text = self._pending
+        for n in range(min(self._hold, len(text)), 0, -1):
+            tail = text[-n:]
+            if any(s.startswith(tail) for s in self._stops):
+                return n
+        return 0
+
+
+def stream_chunks(
+    engine: Engine, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
+) -> Iterator[Chunk]:
+    """Run one completion, yielding text chunks; the last one carries `finish_reason`.
+
+    Ends early (finish_reason "cancelled") when `should_stop()` turns true.
+    """
+    detok = Detokenizer(engine.tokenizer)
+    matcher = StopMatcher(params.stop)
+    tokens = engine.token_stream(prompt_ids, params, should_stop)
+    count = 0
+    try:
+        for token in tokens:
+            if should_stop():
+                finish = "cancelled"
+                break
+            if token in engine.eos_token_ids:
+                finish = "stop"
+                break
+            count += 1
+            text, stopped = matcher.feed(detok.add(token))
+            if stopped:
+                yield Chunk(text, count, "stop")
+                return
+            if count >= params.max_tokens:
+                yield Chunk(text + matcher.flush(), count, "length")
+                return
+            if text:
+                yield Chunk(text, count)
+        else:
+            # a backend ends its stream early only when cancelled or out of context
+            finish = "cancelled" if should_stop() else "length"
+    finally:
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()
+    yield Chunk(matcher.flush() if finish != "cancelled" else "", count, finish)
+
+
+def complete(
+    engine: Engine, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
+) -> Completion:
+    """Run one completion to the end and return it whole."""
+    parts: list[str] = []
+    last = Chunk("", 0, "length")
+    for chunk in stream_chunks(engine, prompt_ids, params, should_stop):
+        parts.append(chunk.text)
+        last = chunk
+    return Completion("".join(parts), last.completion_tokens, last.finish_reason or "length")

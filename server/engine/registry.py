@@ -1,0 +1,118 @@
+"""Which models are served: resolve ids to folders, pick a backend, load, look up."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.engine.base import Engine
+from server.engine.templates import ChatTemplate
+from server.engine.worker import GenerationWorker
+from server.errors import ModelLoadError, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve: its engine, the worker that runs it, its template."""
+
+    id: str
+    engine: Engine
+    worker: GenerationWorker
+    template: ChatTemplate
+    created: int = field(default_factory=lambda: int(time.time()))
+    owned_by: str = "pomar"
+    parent: str | None = None
+
+
+def resolve_model_path(model: str, models_dir: Path) -> Path:
+    """Map a model id to a local HF-format folder.
+
+    The embedded id is imported into the store once; a local folder is used as is;
+    anything else is a Hugging Face repo id, taken from the local cache first and
+    downloaded only where the hub is reachable.
+    """
+    from server.engine.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
+
+    if model == EMBEDDED_MODEL_ID:
+        return ensure_embedded_model(models_dir)
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"{local} is not a Hugging Face model folder (no config.json)")
+        return local.resolve()
+    if model.count("/") != 1 or local.exists():
+        raise ModelLoadError(f"model '{model}' is neither a local folder nor a hub repo id")
+    return _from_hub(model)
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        log.info("%s is not in the local Hugging Face cache; downloading", repo_id)
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not download '{repo_id}' from the Hugging Face hub and it is not in the "
+            f"local cache ({type(exc).__name__}); pass a local folder with --model instead"
+        ) from exc
+
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """The backend to use and why: `auto` takes MLX where it imports and runs, else torch."""
+    if requested != "auto":
+        return requested, f"--backend {requested} was asked for"
+    try:
+        import mlx.core as mx
+
+        mx.eval(mx.array([1.0]) + 1)
+    except Exception as exc:
+        return "torch", f"auto: MLX is not usable here ({type(exc).__name__}: {exc})"
+    return "mlx", f"auto: MLX imports and runs on {mx.default_device()}"
+
+
+def load_engine(backend: str, path: Path) -> Engine:
+    """Load the weights at `path` with the named backend (heavy imports happen here)."""
+    if backend == "mlx":
+        from server.engine.mlx_backend import MLXEngine
+
+        return MLXEngine(path)
+    if backend == "torch":
+        from server.engine.torch_backend import TorchEngine
+
+        return TorchEngine(path)
+    raise ModelLoadError(f"unknown backend '{backend}'")
+
+
+class ModelRegistry:
+    """The models this server answers for, by id."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, LoadedModel] = {}
+
+    def add(self, model: LoadedModel) -> None:
+        """Serve `model` under its id."""
+        self._models[model.id] = model
+
+    def get(self, model_id: str) -> LoadedModel:
+        """The model with this id, or a 404 `model_not_found`."""
+        try:
+            return self._models[model_id]
+        except KeyError:
+            raise ModelNotFound(model_id) from None
+
+    def all(self) -> list[LoadedModel]:
+        """Every served model, oldest first."""
+        return list(self._models.values())
+
+    def close(self) -> None:
+        """Stop every worker thread."""
+        for model in self._models.values():
+            model.worker.close()

@@ -1,0 +1,57 @@
+"""Prompt rendering through the model's own chat template, ChatML when it has none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from server.errors import InvalidRequest
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ChatTemplate:
+    """Renders messages to prompt token ids with one tokenizer and one template."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.template: str = tokenizer.chat_template or CHATML_TEMPLATE
+        self.is_fallback = tokenizer.chat_template is None
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The prompt text, ending with the assistant's generation prompt."""
+        try:
+            text = self._tokenizer.apply_chat_template(
+                messages, chat_template=self.template, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja raises on conversations a template refuses
+            raise InvalidRequest(
+                f"The model's chat template rejected the messages: {exc}", param="messages"
+            ) from exc
+        return str(text)
+
+    def encode(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt token ids; the template already holds any special tokens it needs."""
+        ids = self._tokenizer.encode(self.render(messages), add_special_tokens=False)
+        return list(ids)
+
+
+def end_of_turn_ids(tokenizer: Any, model_path: Path) -> frozenset[int]:
+    """Token ids that end a completion: eos, generation_config's eos, and `<|im_end|>`."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_config = model_path / "generation_config.json"
+    if gen_config.is_file():
+        eos = json.loads(gen_config.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return frozenset(int(i) for i in ids)

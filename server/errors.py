@@ -1,0 +1,100 @@
+"""Typed domain errors, each mapped once to an OpenAI error envelope.
+
+Services raise these; `server.app` turns them (and framework errors) into
+`{"error": {"message", "type", "param", "code"}}` with the right status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PomarError(Exception):
+    """Base of every error the API reports to a client."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_envelope(self) -> dict[str, Any]:
+        """The OpenAI error object for this error."""
+        return error_envelope(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidRequest(PomarError):
+    """A request the API understood but refuses (400)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A known OpenAI parameter pomar does not implement yet: never dropped silently."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, detail: str = "") -> None:
+        msg = f"Parameter '{param}' is not supported by this server yet."
+        super().__init__(f"{msg} {detail}".strip(), param=param)
+
+
+class AuthenticationFailed(PomarError):
+    """Missing or wrong API key (401)."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(PomarError):
+    """A resource that does not exist (404)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """An unknown model id: a 404, never a silent fallback to another model."""
+
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+        )
+
+
+class MethodNotAllowed(PomarError):
+    """An HTTP method the route does not take (405)."""
+
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class EngineError(PomarError):
+    """The engine failed while generating (500, no internals in the message)."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "engine_error"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be resolved or loaded at start-up (not an HTTP error)."""
+
+
+def error_envelope(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """Build the one error shape every response uses."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}

@@ -1,0 +1,42 @@
+"""Shapes shared by several endpoints."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from pydantic import BaseModel, ConfigDict
+
+
+class OpenAIModel(BaseModel):
+    """Base for response objects: exact field names, no extras."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptTokensDetails(OpenAIModel):
+    cached_tokens: int = 0
+
+
+class CompletionTokensDetails(OpenAIModel):
+    reasoning_tokens: int = 0
+
+
+class Usage(OpenAIModel):
+    """Token counts, measured with the model's own tokenizer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
+    completion_tokens_details: CompletionTokensDetails = CompletionTokensDetails()
+
+
+def new_id(prefix: str, nbytes: int = 12) -> str:
+    """A random id like OpenAI's, e.g. `chatcmpl-3f9a...`."""
+    return f"{prefix}-{secrets.token_hex(nbytes)}"
+
+
+def now() -> int:
+    """Unix seconds, the unit of every `created` field."""
+    return int(time.time())

@@ -1,0 +1,1 @@
+"""Thin Starlette endpoints: parse, call a service, respond."""

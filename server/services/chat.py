@@ -1,0 +1,149 @@
+"""Chat completions: prompt building, generation on the model's worker, OpenAI objects."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+
+from server.engine.base import GenerationParams
+from server.engine.generation import Chunk, stream_chunks
+from server.engine.registry import LoadedModel, ModelRegistry
+from server.errors import InvalidRequest
+from server.protocol.chat import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+)
+from server.protocol.common import Usage, new_id, now
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """A validated request bound to a model, with its prompt already tokenized."""
+
+    request: ChatCompletionRequest
+    model: LoadedModel
+    prompt_ids: list[int]
+    params: GenerationParams
+    n: int
+
+
+class ChatService:
+    """Runs chat completions on the registry's models."""
+
+    def __init__(self, registry: ModelRegistry, *, max_n: int, default_max_tokens: int) -> None:
+        self._registry = registry
+        self._max_n = max_n
+        self._default_max_tokens = default_max_tokens
+
+    def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
+        """Resolve the model and check everything that can fail before generation starts."""
+        model = self._registry.get(request.model)
+        n = request.n or 1
+        if n > self._max_n:
+            raise InvalidRequest(f"n must be at most {self._max_n} on this server.", param="n")
+        params = request.to_generation_params(self._default_max_tokens)
+        vocab = len(model.engine.tokenizer)
+        if any(token_id >= vocab for token_id in params.logit_bias):
+            raise InvalidRequest(
+                f"logit_bias names a token id outside the vocabulary (size {vocab}).",
+                param="logit_bias",
+            )
+        prompt_ids = model.template.encode(request.prompt_messages())
+        context = model.engine.context_length
+        if len(prompt_ids) >= context:
+            raise InvalidRequest(
+                f"This model's maximum context length is {context} tokens, but the messages "
+                f"have {len(prompt_ids)} tokens.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return PreparedChat(request, model, prompt_ids, params, n)
+
+    async def complete(self, chat: PreparedChat) -> ChatCompletion:
+        """The whole `chat.completion` object."""
+        texts = [""] * chat.n
+        finish = ["length"] * chat.n
+        completion_tokens = 0
+        async for index, chunk in chat.model.worker.stream(_producer(chat)):
+            texts[index] += chunk.text
+            if chunk.finish_reason is not None:
+                finish[index] = chunk.finish_reason
+                completion_tokens += chunk.completion_tokens
+        choices = [
+            Choice(index=i, message=AssistantMessage(content=texts[i]), finish_reason=finish[i])
+            for i in range(chat.n)
+        ]
+        return ChatCompletion(
+            id=new_id("chatcmpl"),
+            created=now(),
+            model=chat.request.model,
+            choices=choices,
+            usage=_usage(len(chat.prompt_ids), completion_tokens),
+            system_fingerprint=fingerprint(chat.model),
+        )
+
+    async def stream(self, chat: PreparedChat) -> AsyncIterator[ChatCompletionChunk]:
+        """`chat.completion.chunk` objects: role first, then text, then finish, then usage."""
+        cid, created, fp = new_id("chatcmpl"), now(), fingerprint(chat.model)
+
+        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=cid,
+                created=created,
+                model=chat.request.model,
+                choices=choices,
+                system_fingerprint=fp,
+                usage=usage,
+            )
+
+        started: set[int] = set()
+        completion_tokens = 0
+        async for index, piece in chat.model.worker.stream(_producer(chat)):
+            if index not in started:
+                started.add(index)
+                yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+            if piece.text:
+                yield chunk([ChunkChoice(index=index, delta=Delta(content=piece.text))])
+            if piece.finish_reason is not None:
+                completion_tokens += piece.completion_tokens
+                reason = piece.finish_reason
+                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
+        options = chat.request.stream_options
+        if options is not None and options.include_usage:
+            yield chunk([], _usage(len(chat.prompt_ids), completion_tokens))
+
+
+def _producer(chat: PreparedChat) -> Callable[[Callable[[], bool]], Iterator[tuple[int, Chunk]]]:
+    """The worker job: the n choices one after another, each with its own seed."""
+
+    def produce(should_stop: Callable[[], bool]) -> Iterator[tuple[int, Chunk]]:
+        for index in range(chat.n):
+            params = chat.params
+            if params.seed is not None:
+                params = replace(params, seed=params.seed + index)
+            for piece in stream_chunks(chat.model.engine, chat.prompt_ids, params, should_stop):
+                yield index, piece
+            if should_stop():
+                return
+
+    return produce
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+def fingerprint(model: LoadedModel) -> str:
+    """Stable per weights and backend, as OpenAI's `system_fingerprint` is per configuration."""
+    digest = hashlib.sha1(f"{model.engine.model_path}|{model.engine.backend}".encode())
+    return f"fp_{digest.hexdigest()[:10]}"

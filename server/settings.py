@@ -1,0 +1,49 @@
+"""One typed settings object: environment variables `POMAR_*`, CLI flags on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Backend = Literal["auto", "mlx", "torch"]
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to start, built once and passed explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix="POMAR_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="Model to serve: the embedded id, a local HF folder or a hub repo id.",
+    )
+    backend: Backend = Field("auto", description="Engine: auto, mlx or torch.")
+    home: Path = Field(Path("~/.pomar"), description="Models, files, jobs and database.")
+    api_key: SecretStr | None = Field(None, description="Bearer key required on /v1 when set.")
+    log_level: str = Field("info", description="Python logging level.")
+    max_n: int = Field(8, ge=1, le=128, description="Largest `n` a chat request may ask for.")
+    default_max_tokens: int = Field(
+        512, ge=1, description="Completion length when a request names none."
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None
+        return value
+
+    @property
+    def models_dir(self) -> Path:
+        """Where imported and converted models live."""
+        return self.home / "models"

@@ -1,0 +1,97 @@
+"""Start a real `pomar serve` process on a free port, as a user would, and stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_environment(home: Path) -> dict[str, str]:
+    """Environment for a server under test: offline, no cold MLX compile, its own home."""
+    env = dict(os.environ)
+    # let `pomar serve` arrange OpenBLAS itself (the re-exec path users get)
+    env.pop("LD_PRELOAD", None)
+    env.pop("POMAR_OPENBLAS", None)
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "MLX_DISABLE_COMPILE": "1",
+            "POMAR_HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    return env
+
+
+@dataclass
+class LiveServer:
+    """A `python -m server serve` subprocess."""
+
+    model: str
+    backend: str
+    home: Path
+    api_key: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 300.0) -> LiveServer:
+        """Start and wait until `/health` answers 200."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.home / f"server-{self.port}.log"
+        cmd = [sys.executable, "-m", "server", "serve", "--model", self.model]
+        cmd += ["--backend", self.backend, "--port", str(self.port), *self.extra_args]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=test_environment(self.home)
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
