@@ -1,0 +1,51 @@
+"""Settings from environment variables and CLI flags; the OpenBLAS re-exec rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.cli import build_parser, settings_from_args
+from server.engine import openblas
+from server.settings import Settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HOST", "PORT", "MODEL", "BACKEND", "HOME", "API_KEY", "LOG_LEVEL"):
+        monkeypatch.delenv(f"POMAR_{name}", raising=False)
+    s = Settings()
+    assert (s.host, s.port, s.model, s.backend) == ("127.0.0.1", 8000, "smollm2-135m-instruct", "auto")
+    assert s.home == Path("~/.pomar").expanduser() and s.api_key is None
+
+
+def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("POMAR_PORT", "9001")
+    monkeypatch.setenv("POMAR_BACKEND", "torch")
+    monkeypatch.setenv("POMAR_API_KEY", "from-env")
+    args = build_parser().parse_args(["serve", "--port", "9100", "--home", str(tmp_path)])
+    s = settings_from_args(args)
+    assert s.port == 9100 and s.backend == "torch" and s.home == tmp_path
+    assert s.api_key is not None and s.api_key.get_secret_value() == "from-env"
+
+
+def test_bad_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POMAR_BACKEND", "cuda-magic")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_openblas_preload_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    lib = tmp_path / "libopenblas.so.0"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(openblas, "find_openblas", lambda: lib)
+    monkeypatch.setattr(openblas.sys, "platform", "linux")
+    env = openblas.preload_environment({"PATH": "/bin"})
+    assert env is not None and env["LD_PRELOAD"] == str(lib) and env[openblas.MARKER] == str(lib)
+    # once re-executed (marker set), or already preloaded, or opted out: no second re-exec
+    assert openblas.preload_environment(env) is None
+    assert openblas.preload_environment({"LD_PRELOAD": "/x/libopenblas.so"}) is None
+    assert openblas.preload_environment({"POMAR_NO_OPENBLAS": "1"}) is None
+    assert "OpenBLAS preloaded" in openblas.status(env)
+    monkeypatch.setattr(openblas, "find_openblas", lambda: None)
+    assert openblas.preload_environment({}) is None
