@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -51,6 +52,13 @@ class Engine(abc.ABC):
         The caller stops iterating at eos, a stop string or the token limit, and
         closes the generator; a backend must release its per-request state then.
         """
+
+    def activate_adapter(self, adapter_dir: Path | None) -> None:
+        """Apply this LoRA adapter (None: the bare base) to the next generations.
+
+        Called on the worker thread before each request; the base weights stay loaded.
+        """
+        raise NotImplementedError(f"the {self.backend} engine does not serve adapters")
 
     @property
     def context_length(self) -> int:

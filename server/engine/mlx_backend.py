@@ -31,6 +31,16 @@ class MLXEngine(Engine):
         self.model_path = str(model_path)
         self.eos_token_ids = end_of_turn_ids(self.tokenizer, model_path)
         self._context = _context_length(model_path)
+        self._adapters: Any = None
+
+    def activate_adapter(self, adapter_dir: Path | None) -> None:
+        if adapter_dir is None and self._adapters is None:
+            return
+        if self._adapters is None:
+            from server.engine.adapters_mlx import MLXAdapterSet
+
+            self._adapters = MLXAdapterSet(self.model)
+        self._adapters.activate(adapter_dir)
 
     @property
     def context_length(self) -> int:

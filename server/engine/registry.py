@@ -26,6 +26,8 @@ class LoadedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     owned_by: str = "pomar"
     parent: str | None = None
+    #: a LoRA adapter applied on the shared base engine (fine-tuned models)
+    adapter: Path | None = None
 
 
 def resolve_model_path(model: str, models_dir: Path) -> Path:
@@ -112,7 +114,13 @@ class ModelRegistry:
         """Every served model, oldest first."""
         return list(self._models.values())
 
+    def remove(self, model_id: str) -> LoadedModel:
+        """Stop serving a model (404 if unknown)."""
+        model = self.get(model_id)
+        del self._models[model_id]
+        return model
+
     def close(self) -> None:
         """Stop every worker thread."""
-        for model in self._models.values():
-            model.worker.close()
+        for worker in {id(m.worker): m.worker for m in self._models.values()}.values():
+            worker.close()

@@ -52,6 +52,16 @@ class TorchEngine(Engine):
         # transformers 5 renamed `past_key_values` to `cache`; older releases only know the former
         forward_params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
+        self._adapters: Any = None
+
+    def activate_adapter(self, adapter_dir: Path | None) -> None:
+        if adapter_dir is None and self._adapters is None:
+            return
+        if self._adapters is None:
+            from server.engine.adapters_torch import TorchAdapterSet
+
+            self._adapters = TorchAdapterSet(self.model)
+        self._adapters.activate(adapter_dir)
 
     @property
     def context_length(self) -> int:

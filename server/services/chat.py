@@ -123,6 +123,8 @@ def _producer(chat: PreparedChat) -> Callable[[Callable[[], bool]], Iterator[tup
     """The worker job: the n choices one after another, each with its own seed."""
 
     def produce(should_stop: Callable[[], bool]) -> Iterator[tuple[int, Chunk]]:
+        # runs on the worker thread, one request at a time: safe to switch adapters here
+        chat.model.engine.activate_adapter(chat.model.adapter)
         for index in range(chat.n):
             params = chat.params
             if params.seed is not None:
