@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from live_server import LiveServer  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
+from live_server import LiveServer
+from tiny_model import build_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
@@ -42,7 +42,9 @@ def embedded_model_path(pomar_home: Path) -> Path:
     return ensure_embedded_model(pomar_home / "models", progress=False)
 
 
-def _serve(model: str, backend: str, home: Path, api_key: str | None = None) -> Iterator[LiveServer]:
+def _serve(
+    model: str, backend: str, home: Path, api_key: str | None = None
+) -> Iterator[LiveServer]:
     server = LiveServer(model=model, backend=backend, home=home, api_key=api_key).start()
     try:
         yield server

@@ -18,7 +18,12 @@ def random_mlx_adapter(base: Path, dest: Path, seed: int) -> Path:
 
     mx.random.seed(seed)
     model, _ = load(str(base))[:2]
-    params = {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj", "self_attn.v_proj"]}
+    params = {
+        "rank": 4,
+        "scale": 2.0,
+        "dropout": 0.0,
+        "keys": ["self_attn.q_proj", "self_attn.v_proj"],
+    }
     linear_to_lora_layers(model, 2, params)
     weights = {
         k: mx.random.normal(v.shape) * 0.5
@@ -48,7 +53,9 @@ def adapters(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
     )
 
 
-def test_mlx_switchable_adapters_match_mlx_lm(tiny_model_path: Path, adapters: tuple[Path, Path]) -> None:
+def test_mlx_switchable_adapters_match_mlx_lm(
+    tiny_model_path: Path, adapters: tuple[Path, Path]
+) -> None:
     import mlx.core as mx
     from mlx_lm import load
 

@@ -27,7 +27,9 @@ class ScriptedEngine(Engine):
         self.closed = False
         self.yielded = 0
 
-    def token_stream(self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop) -> Iterator[int]:
+    def token_stream(
+        self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
+    ) -> Iterator[int]:
         try:
             for token in self.script:
                 self.yielded += 1
@@ -52,7 +54,9 @@ def script_for(tokenizer: object, text: str) -> list[int]:
     st.lists(st.text(alphabet="abcXY", min_size=1, max_size=4), min_size=1, max_size=3),
     st.lists(st.integers(1, 5), min_size=1, max_size=20),
 )
-def test_stop_matcher_equals_cutting_the_whole_text(text: str, stops: list[str], sizes: list[int]) -> None:
+def test_stop_matcher_equals_cutting_the_whole_text(
+    text: str, stops: list[str], sizes: list[int]
+) -> None:
     """However the text is split into pieces, the emitted text is the text before the first stop."""
     matcher = StopMatcher(tuple(stops))
     out, pos, stopped = "", 0, False
@@ -74,8 +78,12 @@ def test_stop_matcher_equals_cutting_the_whole_text(text: str, stops: list[str],
 
 
 def test_stream_chunks_stop_string_never_emitted(tokenizer: object) -> None:
-    engine = ScriptedEngine(tokenizer, script_for(tokenizer, "The answer is forty two. END of story"))
-    chunks = list(stream_chunks(engine, [1], GenerationParams(max_tokens=100, stop=("END",)), lambda: False))
+    engine = ScriptedEngine(
+        tokenizer, script_for(tokenizer, "The answer is forty two. END of story")
+    )
+    chunks = list(
+        stream_chunks(engine, [1], GenerationParams(max_tokens=100, stop=("END",)), lambda: False)
+    )
     assert "".join(c.text for c in chunks) == "The answer is forty two. "
     assert chunks[-1].finish_reason == "stop"
     assert engine.closed  # the backend's generator is closed when a stop string ends it
@@ -103,7 +111,9 @@ def test_multibyte_characters_are_never_split(tokenizer: object) -> None:
 
 
 def test_cancel_stops_within_a_token(tokenizer: object) -> None:
-    engine = ScriptedEngine(tokenizer, script_for(tokenizer, "a b c d e f g h i j k l m n o p") * 10)
+    engine = ScriptedEngine(
+        tokenizer, script_for(tokenizer, "a b c d e f g h i j k l m n o p") * 10
+    )
     seen = 0
 
     def should_stop() -> bool:

@@ -16,7 +16,9 @@ from live_server import LiveServer
 HELLO = [{"role": "user", "content": "hello there, how are you?"}]
 
 
-def greedy(client: openai.OpenAI, max_tokens: int, **kw: object) -> openai.types.chat.ChatCompletion:
+def greedy(
+    client: openai.OpenAI, max_tokens: int, **kw: object
+) -> openai.types.chat.ChatCompletion:
     return client.chat.completions.create(
         model=kw.pop("model", None) or client.models.list().data[0].id,  # type: ignore[arg-type]
         messages=HELLO,  # type: ignore[arg-type]
@@ -70,7 +72,9 @@ def test_streaming_matches_non_streaming(tiny_server: LiveServer) -> None:
     assert len({c.id for c in chunks}) == 1
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole
-    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finals == ["length"]
     # include_usage: one last chunk with no choices and the usage
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
@@ -82,7 +86,10 @@ def test_stream_without_usage_option_has_no_usage_chunk(tiny_server: LiveServer)
     client = client_for(tiny_server)
     chunks = list(
         client.chat.completions.create(
-            model=tiny_server.model, messages=HELLO, max_tokens=4, stream=True  # type: ignore[arg-type]
+            model=tiny_server.model,
+            messages=HELLO,
+            max_tokens=4,
+            stream=True,  # type: ignore[arg-type]
         )
     )
     assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
@@ -122,7 +129,12 @@ def test_stop_sequence_across_token_boundaries(tiny_server: LiveServer) -> None:
     assert out.choices[0].message.content == full[: boundary - 2]
     assert out.choices[0].finish_reason == "stop"
     streamed = client.chat.completions.create(
-        model=tiny_server.model, messages=HELLO, temperature=0, max_tokens=24, stop=stop, stream=True  # type: ignore[arg-type]
+        model=tiny_server.model,
+        messages=HELLO,
+        temperature=0,
+        max_tokens=24,
+        stop=stop,
+        stream=True,  # type: ignore[arg-type]
     )
     chunks = list(streamed)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
@@ -136,7 +148,11 @@ def test_seed_makes_sampling_reproducible(tiny_server: LiveServer) -> None:
 
     def sample(seed: int) -> str:
         out = client.chat.completions.create(
-            model=tiny_server.model, messages=HELLO, temperature=1.0, max_tokens=16, seed=seed  # type: ignore[arg-type]
+            model=tiny_server.model,
+            messages=HELLO,
+            temperature=1.0,
+            max_tokens=16,
+            seed=seed,  # type: ignore[arg-type]
         )
         return out.choices[0].message.content or ""
 
@@ -147,14 +163,23 @@ def test_seed_makes_sampling_reproducible(tiny_server: LiveServer) -> None:
 def test_n_choices(tiny_server: LiveServer) -> None:
     client = client_for(tiny_server)
     out = client.chat.completions.create(
-        model=tiny_server.model, messages=HELLO, n=3, max_tokens=6, seed=11, temperature=1.0  # type: ignore[arg-type]
+        model=tiny_server.model,
+        messages=HELLO,
+        n=3,
+        max_tokens=6,
+        seed=11,
+        temperature=1.0,  # type: ignore[arg-type]
     )
     assert [c.index for c in out.choices] == [0, 1, 2]
     assert len({c.message.content for c in out.choices}) > 1
     assert out.usage is not None and out.usage.completion_tokens == 18
     chunks = list(
         client.chat.completions.create(
-            model=tiny_server.model, messages=HELLO, n=2, max_tokens=4, stream=True  # type: ignore[arg-type]
+            model=tiny_server.model,
+            messages=HELLO,
+            n=2,
+            max_tokens=4,
+            stream=True,  # type: ignore[arg-type]
         )
     )
     finished = {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason}
@@ -165,10 +190,19 @@ def test_content_parts_and_system_message(tiny_server: LiveServer) -> None:
     client = client_for(tiny_server)
     messages = [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "hello there, "}, {"type": "text", "text": "how are you?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hello there, "},
+                {"type": "text", "text": "how are you?"},
+            ],
+        },
     ]
     as_parts = client.chat.completions.create(
-        model=tiny_server.model, messages=messages, temperature=0, max_tokens=6  # type: ignore[arg-type]
+        model=tiny_server.model,
+        messages=messages,
+        temperature=0,
+        max_tokens=6,  # type: ignore[arg-type]
     )
     as_string = client.chat.completions.create(
         model=tiny_server.model,
@@ -198,7 +232,10 @@ async def test_async_client_concurrent_requests_queue_fifo(tiny_server: LiveServ
     results = await asyncio.gather(
         *[
             client.chat.completions.create(
-                model=tiny_server.model, messages=HELLO, temperature=0, max_tokens=5  # type: ignore[arg-type]
+                model=tiny_server.model,
+                messages=HELLO,
+                temperature=0,
+                max_tokens=5,  # type: ignore[arg-type]
             )
             for _ in range(4)
         ]
@@ -206,7 +243,11 @@ async def test_async_client_concurrent_requests_queue_fifo(tiny_server: LiveServ
     texts = {r.choices[0].message.content for r in results}
     assert len(texts) == 1  # same greedy answer for every queued request
     stream = await client.chat.completions.create(
-        model=tiny_server.model, messages=HELLO, temperature=0, max_tokens=5, stream=True  # type: ignore[arg-type]
+        model=tiny_server.model,
+        messages=HELLO,
+        temperature=0,
+        max_tokens=5,
+        stream=True,  # type: ignore[arg-type]
     )
     streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert streamed == texts.pop()
@@ -234,5 +275,7 @@ def test_api_key_required_when_set(tiny_server: LiveServer, bad_key: str | None)
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{tiny_server.base_url}/v1", api_key="nope", max_retries=0).models.list()
+        openai.OpenAI(
+            base_url=f"{tiny_server.base_url}/v1", api_key="nope", max_retries=0
+        ).models.list()
     assert httpx.get(f"{tiny_server.base_url}/health").status_code == 200

@@ -15,7 +15,12 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HOST", "PORT", "MODEL", "BACKEND", "HOME", "API_KEY", "LOG_LEVEL"):
         monkeypatch.delenv(f"POMAR_{name}", raising=False)
     s = Settings()
-    assert (s.host, s.port, s.model, s.backend) == ("127.0.0.1", 8000, "smollm2-135m-instruct", "auto")
+    assert (s.host, s.port, s.model, s.backend) == (
+        "127.0.0.1",
+        8000,
+        "smollm2-135m-instruct",
+        "auto",
+    )
     assert s.home == Path("~/.pomar").expanduser() and s.api_key is None
 
 

@@ -18,7 +18,10 @@ def test_embedded_model_says_paris(embedded_server: LiveServer) -> None:
     client = client_for(embedded_server)
     assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct"]
     out = client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=PARIS, temperature=0, max_tokens=20  # type: ignore[arg-type]
+        model="smollm2-135m-instruct",
+        messages=PARIS,
+        temperature=0,
+        max_tokens=20,  # type: ignore[arg-type]
     )
     assert "Paris" in (out.choices[0].message.content or "")
     assert out.choices[0].finish_reason == "stop"  # it ends its turn by itself
@@ -35,10 +38,17 @@ def test_server_log_says_backend_and_blas(embedded_server: LiveServer) -> None:
 def test_streamed_answer_equals_whole_answer(embedded_server: LiveServer) -> None:
     client = client_for(embedded_server)
     whole = client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=PARIS, temperature=0, max_tokens=20  # type: ignore[arg-type]
+        model="smollm2-135m-instruct",
+        messages=PARIS,
+        temperature=0,
+        max_tokens=20,  # type: ignore[arg-type]
     )
     stream = client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=PARIS, temperature=0, max_tokens=20, stream=True  # type: ignore[arg-type]
+        model="smollm2-135m-instruct",
+        messages=PARIS,
+        temperature=0,
+        max_tokens=20,
+        stream=True,  # type: ignore[arg-type]
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == whole.choices[0].message.content
@@ -67,9 +77,14 @@ async def test_disconnect_mid_stream_frees_the_worker(embedded_server: LiveServe
     await stream.close()
     started = time.monotonic()
     out = await client.chat.completions.create(
-        model="smollm2-135m-instruct", messages=PARIS, temperature=0, max_tokens=8  # type: ignore[arg-type]
+        model="smollm2-135m-instruct",
+        messages=PARIS,
+        temperature=0,
+        max_tokens=8,  # type: ignore[arg-type]
     )
     waited = time.monotonic() - started
     assert out.choices[0].message.content
-    assert waited < 30, f"the next request waited {waited:.0f}s: the abandoned stream kept the worker"
+    assert waited < 30, (
+        f"the next request waited {waited:.0f}s: the abandoned stream kept the worker"
+    )
     await client.close()

@@ -37,7 +37,11 @@ def error_of(response: Any, status: int) -> dict[str, Any]:
 
 
 def test_malformed_json(client: TestClient) -> None:
-    r = client.post("/v1/chat/completions", content=b'{"model": "tiny", "messages": [', headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/chat/completions",
+        content=b'{"model": "tiny", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     err = error_of(r, 400)
     assert err["type"] == "invalid_request_error" and "JSON" in err["message"]
 
@@ -101,7 +105,9 @@ def test_unsupported_parameter_named(client: TestClient, param: str, value: Any)
     assert err["param"] == param and err["code"] == "unsupported_parameter"
 
 
-def test_off_values_of_unsupported_parameters_and_unknown_fields_are_accepted(client: TestClient) -> None:
+def test_off_values_of_unsupported_parameters_and_unknown_fields_are_accepted(
+    client: TestClient,
+) -> None:
     body = {
         "model": "tiny",
         "messages": MSG,
@@ -118,14 +124,18 @@ def test_off_values_of_unsupported_parameters_and_unknown_fields_are_accepted(cl
 
 
 def test_unknown_model(client: TestClient) -> None:
-    err = error_of(client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MSG}), 404)
+    err = error_of(
+        client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MSG}), 404
+    )
     assert err["code"] == "model_not_found" and err["param"] == "model"
     err = error_of(client.get("/v1/models/gpt-9"), 404)
     assert err["code"] == "model_not_found"
 
 
 def test_n_above_server_limit(client: TestClient) -> None:
-    err = error_of(client.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, "n": 99}), 400)
+    err = error_of(
+        client.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, "n": 99}), 400
+    )
     assert err["param"] == "n"
 
 
@@ -137,7 +147,9 @@ def test_logit_bias_outside_vocabulary(client: TestClient) -> None:
 
 def test_context_length_exceeded(client: TestClient) -> None:
     long = [{"role": "user", "content": "word " * 5000}]
-    err = error_of(client.post("/v1/chat/completions", json={"model": "tiny", "messages": long}), 400)
+    err = error_of(
+        client.post("/v1/chat/completions", json={"model": "tiny", "messages": long}), 400
+    )
     assert err["code"] == "context_length_exceeded" and err["param"] == "messages"
 
 
