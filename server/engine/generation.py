@@ -46,9 +46,11 @@ class StopMatcher:
         if not self._stops:
             out, self._pending = self._pending, ""
             return out, False
-        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        # the stop string that completes first wins (earliest end, then earliest start),
+        # so the result does not depend on how the text was split into pieces
+        hits = [(i + len(s), i) for s in self._stops if (i := self._pending.find(s)) >= 0]
         if hits:
-            out = self._pending[: min(hits)]
+            out = self._pending[: min(hits)[1]]
             self._pending = ""
             return out, True
         keep = self._partial_suffix()

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from server.engine.base import Engine, GenerationParams, ShouldStop
@@ -49,6 +49,8 @@ def script_for(tokenizer: object, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))  # type: ignore[attr-defined]
 
 
+@example("YXX", ["X", "YXX"], [1])  # overlapping stops, fed one char at a time
+@example("YXX", ["X", "YXX"], [3])  # ... and all at once: same answer
 @given(
     st.text(alphabet="abc XY\n", max_size=40),
     st.lists(st.text(alphabet="abcXY", min_size=1, max_size=4), min_size=1, max_size=3),
@@ -71,8 +73,9 @@ def test_stop_matcher_equals_cutting_the_whole_text(
             break
     if not stopped:
         out += matcher.flush()
-    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
-    expected = text[: min(cuts)] if cuts else text
+    # the stop that completes first in the whole text, wherever the pieces were cut
+    cuts = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
+    expected = text[: min(cuts)[1]] if cuts else text
     assert out == expected
     assert stopped == bool(cuts)
 
