@@ -28,10 +28,12 @@ from server.engine.templates import ChatTemplate
 from server.engine.worker import GenerationWorker
 from server.errors import PomarError, error_envelope
 from server.middleware import APIKeyMiddleware
-from server.routes import chat, health, models
+from server.routes import chat, files, health, models
 from server.services.chat import ChatService
+from server.services.files import FileService
 from server.services.models import ModelService
 from server.settings import Settings
+from server.store import Store
 
 log = logging.getLogger("pomar")
 
@@ -43,6 +45,8 @@ class Services:
     registry: ModelRegistry
     models: ModelService
     chat: ChatService
+    store: Store
+    files: FileService
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
@@ -50,25 +54,29 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = await asyncio.to_thread(open_store, settings)
         registry = ModelRegistry()
-        registry.add(await load_default_model(settings, engine))
-        app.state.services = Services(
-            registry=registry,
-            models=ModelService(registry),
-            chat=ChatService(
-                registry, max_n=settings.max_n, default_max_tokens=settings.default_max_tokens
-            ),
-        )
         try:
+            registry.add(await load_default_model(settings, engine))
+            app.state.services = Services(
+                registry=registry,
+                models=ModelService(registry),
+                chat=ChatService(
+                    registry, max_n=settings.max_n, default_max_tokens=settings.default_max_tokens
+                ),
+                store=store,
+                files=FileService(store.files, max_upload_bytes=settings.max_upload_bytes),
+            )
             yield
         finally:
             registry.close()
+            store.close()
 
     middleware = []
     if settings.api_key is not None:
         middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
     return Starlette(
-        routes=[*health.routes, *models.routes, *chat.routes],
+        routes=[*health.routes, *models.routes, *chat.routes, *files.routes],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
@@ -78,6 +86,20 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             Exception: _internal_error,
         },
     )
+
+
+def open_store(settings: Settings) -> Store:
+    """Open the store under the home folder and clean up after a crash, before serving."""
+    store = Store.open(settings.home)
+    recovery = store.recover()
+    log.info(
+        "store %s: schema v%d, %d temp file(s) and %d orphan blob(s) cleaned up",
+        settings.home,
+        store.db.version,
+        recovery.temp_files_removed,
+        recovery.orphan_blobs_removed,
+    )
+    return store
 
 
 async def load_default_model(settings: Settings, engine: Engine | None) -> LoadedModel:

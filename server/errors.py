@@ -73,6 +73,39 @@ class ModelNotFound(NotFound):
         )
 
 
+class FileNotFound(NotFound):
+    """An unknown file id, in OpenAI's words; `param` names where the id came from."""
+
+    code = "file_not_found"
+
+    def __init__(self, file_id: str, param: str = "file_id") -> None:
+        super().__init__(f"No such File object: {file_id}", param=param)
+
+
+class FileTooLarge(PomarError):
+    """An upload over the server's size limit (413); nothing of it is kept."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "file_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The file is too large: this server accepts files of up to {limit:,} bytes "
+            "(POMAR_MAX_UPLOAD_BYTES).",
+            param="file",
+        )
+
+
+class InvalidFile(InvalidRequest):
+    """An upload whose content is refused, e.g. a fine-tune file that is not JSONL."""
+
+    code = "invalid_file_format"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, param="file", code=code)
+
+
 class MethodNotAllowed(PomarError):
     """An HTTP method the route does not take (405)."""
 

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(
         512, ge=1, description="Completion length when a request names none."
     )
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Largest file `/v1/files` accepts, in bytes."
+    )
 
     @field_validator("home")
     @classmethod
