@@ -27,10 +27,12 @@ from server.engine.registry import (
 from server.engine.templates import ChatTemplate
 from server.engine.worker import GenerationWorker
 from server.errors import PomarError, error_envelope
+from server.jobs.runner import JobRunner
 from server.middleware import APIKeyMiddleware
-from server.routes import chat, files, health, models
+from server.routes import chat, files, fine_tuning, health, models
 from server.services.chat import ChatService
 from server.services.files import FileService
+from server.services.fine_tuning import FineTuningService
 from server.services.models import ModelService
 from server.settings import Settings
 from server.store import Store
@@ -47,6 +49,7 @@ class Services:
     chat: ChatService
     store: Store
     files: FileService
+    fine_tuning: FineTuningService
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
@@ -56,19 +59,29 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await asyncio.to_thread(open_store, settings)
         registry = ModelRegistry()
+        runner: JobRunner | None = None
         try:
-            registry.add(await load_default_model(settings, engine))
+            default = await load_default_model(settings, engine)
+            registry.add(default)
+            serve_fine_tuned_models(store, registry)
+            runner = JobRunner(
+                store, registry.base_path, registry.add_adapter_model, default.engine.backend
+            )
+            runner.start()
             app.state.services = Services(
                 registry=registry,
-                models=ModelService(registry),
+                models=ModelService(registry, store),
                 chat=ChatService(
                     registry, max_n=settings.max_n, default_max_tokens=settings.default_max_tokens
                 ),
                 store=store,
                 files=FileService(store.files, max_upload_bytes=settings.max_upload_bytes),
+                fine_tuning=FineTuningService(store, registry, runner),
             )
             yield
         finally:
+            if runner is not None:
+                await asyncio.to_thread(runner.stop)
             registry.close()
             store.close()
 
@@ -76,7 +89,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     if settings.api_key is not None:
         middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
     return Starlette(
-        routes=[*health.routes, *models.routes, *chat.routes, *files.routes],
+        routes=[
+            *health.routes,
+            *models.routes,
+            *chat.routes,
+            *files.routes,
+            *fine_tuning.routes,
+        ],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
@@ -100,6 +119,19 @@ def open_store(settings: Settings) -> Store:
         recovery.orphan_blobs_removed,
     )
     return store
+
+
+def serve_fine_tuned_models(store: Store, registry: ModelRegistry) -> None:
+    """Serve every stored fine-tuned (and checkpoint) model whose base is loaded."""
+    from pathlib import Path
+
+    for record in store.models.list():
+        if registry.base_path(record.base_model) is None:
+            log.info("not serving %s: its base %s is not loaded", record.id, record.base_model)
+            continue
+        registry.add_adapter_model(
+            record.id, record.base_model, Path(record.adapter_path), record.created
+        )
 
 
 async def load_default_model(settings: Settings, engine: Engine | None) -> LoadedModel:

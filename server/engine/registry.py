@@ -103,6 +103,29 @@ class ModelRegistry:
         """Serve `model` under its id."""
         self._models[model.id] = model
 
+    def add_adapter_model(self, model_id: str, base_id: str, adapter: Path, created: int) -> None:
+        """Serve a LoRA adapter as its own model on the already-loaded base (no reload).
+
+        Called from the job runner's thread: one dict assignment, atomic under the GIL.
+        """
+        base = self.get(base_id)
+        self._models[model_id] = LoadedModel(
+            id=model_id,
+            engine=base.engine,
+            worker=base.worker,
+            template=base.template,
+            created=created,
+            parent=base_id,
+            adapter=adapter,
+        )
+
+    def base_path(self, model_id: str) -> Path | None:
+        """The weights folder of a served base model (None if not served or an adapter)."""
+        model = self._models.get(model_id)
+        if model is None or model.adapter is not None:
+            return None
+        return Path(model.engine.model_path)
+
     def get(self, model_id: str) -> LoadedModel:
         """The model with this id, or a 404 `model_not_found`."""
         try:

@@ -50,8 +50,8 @@ class Hyperparameters(BaseModel):
     @field_validator("learning_rate_multiplier")
     @classmethod
     def _lr(cls, v: Auto | float) -> Auto | float:
-        if v != "auto" and not 0 < float(v) <= 10:
-            raise ValueError("learning_rate_multiplier must be 'auto' or in (0, 10]")
+        if v != "auto" and not 0 < float(v) <= 1000:
+            raise ValueError("learning_rate_multiplier must be 'auto' or in (0, 1000]")
         return v
 
 

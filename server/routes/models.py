@@ -18,7 +18,13 @@ async def get_model(request: Request) -> Response:
     return json_response(request.app.state.services.models.get(model_id))
 
 
+async def delete_model(request: Request) -> Response:
+    model_id = request.path_params["model_id"]
+    return json_response(request.app.state.services.models.delete(model_id))
+
+
 routes = [
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", delete_model, methods=["DELETE"]),
 ]

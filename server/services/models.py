@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from server.engine.registry import LoadedModel, ModelRegistry
-from server.protocol.models import ModelCard, ModelList
+from server.errors import InvalidRequest
+from server.protocol.models import ModelCard, ModelDeleted, ModelList
+from server.store import Store
 
 
 class ModelService:
     """Answers `/v1/models` from the registry."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, store: Store) -> None:
         self._registry = registry
+        self._store = store
 
     def list(self) -> ModelList:
         """Every model this server answers for."""
@@ -19,6 +22,19 @@ class ModelService:
     def get(self, model_id: str) -> ModelCard:
         """One model, or a 404 `model_not_found`."""
         return _card(self._registry.get(model_id))
+
+    def delete(self, model_id: str) -> ModelDeleted:
+        """Delete a fine-tuned model (or checkpoint model); base models cannot be deleted."""
+        model = self._registry.get(model_id)
+        if model.adapter is None:
+            raise InvalidRequest(
+                f"'{model_id}' is a base model; only fine-tuned models can be deleted.",
+                param="model",
+                code="model_not_deletable",
+            )
+        self._store.models.delete(model_id)
+        self._registry.remove(model_id)
+        return ModelDeleted(id=model_id, deleted=True)
 
 
 def _card(model: LoadedModel) -> ModelCard:

@@ -1,0 +1,207 @@
+"""The job runner: one fine-tuning job at a time, FIFO, on its own thread.
+
+validating_files: the datalab pipeline cleans, validates, dedupes and splits the
+training file into the job's folder; a file that cannot train fails the job.
+queued -> running: `finetune.train` runs with a callback that records metrics,
+checkpoints (each served at once as `ft:...:ckpt-step-N`) and polls for cancel.
+succeeded: the adapter is registered as `ft:<base>:pomar:<suffix>:<id>` and served
+on the already-loaded base; results (CSV + loss curve) are stored as files.
+Serving goes on meanwhile: training runs here, generation on the engine's worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from server.jobs.callback import JobCallback
+from server.jobs.naming import fine_tuned_model_id
+from server.store import Store, StoreError
+from server.store.jobs import JobRecord, JobStatus
+
+log = logging.getLogger(__name__)
+
+ACTIVE: tuple[JobStatus, ...] = ("validating_files", "queued", "running")
+RUNNING: tuple[JobStatus, ...] = ("running",)
+WAITING: tuple[JobStatus, ...] = ("queued", "running")
+ServeAdapter = Callable[[str, str, Path, int], None]  # (model id, base id, adapter, created)
+
+
+class JobFailed(Exception):
+    """Ends a job as `failed` with an OpenAI-style error object."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message, "param": param}
+
+
+class JobRunner:
+    """Runs fine-tuning jobs from the store, one at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        base_model_path: Callable[[str], Path | None],
+        serve_adapter: ServeAdapter,
+        backend: str,
+    ) -> None:
+        self._store = store
+        self._base_path = base_model_path
+        self._serve = serve_adapter
+        self._backend = backend
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._stops: dict[str, threading.Event] = {}
+        self._shutdown = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pomar-jobs", daemon=True)
+
+    def start(self) -> None:
+        """Queue every unfinished job (a restart resumes them) and start the thread."""
+        for job in self._store.jobs.with_status(*ACTIVE):
+            if job.status == "running":
+                step = job.last_checkpoint_step
+                where = f"from the checkpoint at step {step}" if step else "from the beginning"
+                self._store.events.add(job.id, f"Server restarted: the job resumes {where}.")
+            self._queue.put(job.id)
+        self._thread.start()
+
+    def submit(self, job_id: str) -> None:
+        """Queue a new job."""
+        self._queue.put(job_id)
+
+    def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel an unfinished job; the trainer stops within one step. None if finished."""
+        job = self._store.jobs.update(
+            job_id, status="cancelled", finished_at=int(time.time()), expect_status=ACTIVE
+        )
+        if job is not None:
+            self._stops.setdefault(job_id, threading.Event()).set()
+            self._store.events.add(job_id, "Job cancelled.")
+        return job
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down: a running job checkpoints and stays resumable; the thread ends."""
+        self._shutdown.set()
+        for event in self._stops.values():
+            event.set()
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (job_id := self._queue.get()) is not None:
+            if self._shutdown.is_set():
+                return
+            try:
+                self._run(job_id)
+            except JobFailed as failed:
+                self._fail(job_id, failed.error)
+            except Exception as exc:  # a job's failure must not kill the runner
+                log.exception("job %s failed", job_id)
+                message = f"Training failed: {type(exc).__name__}: {exc}"[:500]
+                self._fail(job_id, {"code": "training_failed", "message": message, "param": None})
+            finally:
+                self._stops.pop(job_id, None)
+
+    def _fail(self, job_id: str, error: dict[str, Any]) -> None:
+        done = self._store.jobs.update(
+            job_id, status="failed", error=error, finished_at=int(time.time()), expect_status=ACTIVE
+        )
+        if done is not None:
+            self._store.events.add(job_id, f"Job failed: {error['message']}", level="error")
+
+    def _run(self, job_id: str) -> None:
+        job = self._store.jobs.get(job_id)
+        if job is None or job.status not in ACTIVE:
+            return
+        stop = self._stops.setdefault(job_id, threading.Event())
+        base_path = self._base_path(job.model)
+        if base_path is None:
+            raise JobFailed(
+                "server_restarted",
+                f"The base model '{job.model}' is not served by this server any more.",
+                "model",
+            )
+        work = self._store.job_dir(job_id)
+        data_dir = work / "data"
+        if job.status == "validating_files" or not (data_dir / "train.jsonl").is_file():
+            from server.jobs.validation import validate_files
+
+            validate_files(self._store, job, base_path, data_dir)
+            if self._store.jobs.update(job_id, status="queued", expect_status=ACTIVE) is None:
+                return  # cancelled while validating
+            self._store.events.add(job_id, "Files validated, moving job to queued state.")
+        self._train(job_id, base_path, data_dir, work / "train", stop)
+
+    def _train(
+        self, job_id: str, base_path: Path, data_dir: Path, out_dir: Path, stop: threading.Event
+    ) -> None:
+        from finetune.trainer import latest_checkpoint, train
+        from server.jobs.hyper import train_config
+
+        job = self._store.jobs.get(job_id)
+        assert job is not None
+        resume = latest_checkpoint(out_dir)
+        config, resolved = train_config(job, base_path, data_dir, out_dir, self._backend, resume)
+        ft_id = fine_tuned_model_id(job.model, job.suffix, job.id)
+        started = self._store.jobs.update(
+            job_id,
+            status="running",
+            started_at=job.started_at or int(time.time()),
+            hyperparameters=resolved,
+            method={"type": "supervised", "supervised": {"hyperparameters": resolved}},
+            expect_status=WAITING,
+        )
+        if started is None:
+            return
+        self._store.events.add(
+            job_id,
+            f"Fine-tuning job started on {self._backend}"
+            + (f", resuming at step {resume.name.removeprefix('step-')}" if resume else "")
+            + ".",
+        )
+
+        def serve_checkpoint(model_id: str, path: Path) -> None:
+            self._serve(model_id, job.model, path, int(time.time()))
+
+        callback = JobCallback(self._store, job_id, job.model, ft_id, stop, serve_checkpoint)
+        result = train(config, callback)
+        if result.stopped_early:
+            if self._shutdown.is_set() and self._store.jobs.get(job_id).status == "running":  # type: ignore[union-attr]
+                self._store.events.add(
+                    job_id, f"Server stopping: paused at step {result.steps}, resumes on restart."
+                )
+            return
+        self._finish(job, ft_id, result)
+
+    def _finish(self, job: JobRecord, ft_id: str, result: Any) -> None:
+        from server.jobs.results import store_results
+
+        result_files = store_results(self._store, job.id, result.history)
+        created = int(time.time())
+        # already registered if a crash hit between this step and the next
+        with contextlib.suppress(StoreError):
+            self._store.models.register(
+                ft_id, base_model=job.model, adapter_path=str(result.adapter_path), job_id=job.id
+            )
+        done = self._store.jobs.update(
+            job.id,
+            status="succeeded",
+            fine_tuned_model=ft_id,
+            finished_at=created,
+            trained_tokens=result.trained_tokens,
+            result_files=result_files,
+            estimated_finish=None,
+            adapter_path=str(result.adapter_path),
+            expect_status=RUNNING,
+        )
+        if done is None:
+            return  # cancelled at the very end: the checkpoints stay, no final model
+        self._serve(ft_id, job.model, result.adapter_path, created)
+        self._store.events.add(job.id, f"New fine-tuned model created: {ft_id}")
+        self._store.events.add(job.id, "The job has successfully completed.")

@@ -1,0 +1,63 @@
+"""The `validating_files` stage: the datalab pipeline over a job's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datalab.config import PipelineConfig
+from datalab.pipeline import prepare
+from datalab.tokens import load_tokenizer
+from server.store import Store
+from server.store.jobs import JobRecord
+
+
+def validate_files(store: Store, job: JobRecord, base_path: Path, data_dir: Path) -> None:
+    """Clean, validate, dedupe and split the job's files into `data_dir`, or fail the job."""
+    from server.jobs.runner import JobFailed
+
+    store.events.add(job.id, f"Validating training file: {job.training_file}")
+    train_path = store.files.content_path(job.training_file)
+    if train_path is None:
+        raise JobFailed(
+            "invalid_training_file",
+            f"The training file {job.training_file} no longer exists.",
+            "training_file",
+        )
+    valid_path = None
+    if job.validation_file:
+        valid_path = store.files.content_path(job.validation_file)
+        if valid_path is None:
+            raise JobFailed(
+                "invalid_validation_file",
+                f"The validation file {job.validation_file} no longer exists.",
+                "validation_file",
+            )
+    max_length = job.hyperparameters.get("max_length")
+    config = PipelineConfig(seed=job.seed, **({"max_length": max_length} if max_length else {}))
+    report = prepare(
+        train_path,
+        data_dir,
+        config,
+        tokenizer=load_tokenizer(str(base_path)),
+        valid_src=valid_path,
+    )
+    store.events.add(
+        job.id,
+        report.summary(),
+        data={
+            "n_records": report.n_records,
+            "n_valid": report.n_valid,
+            "n_invalid": report.n_invalid,
+            "n_duplicates": report.n_duplicates,
+            "n_train": report.n_train,
+            "n_validation": report.n_valid_split,
+            "warnings": report.warnings[:10],
+        },
+    )
+    if not report.can_train:
+        reasons = "; ".join(report.blocking_reasons[:3])
+        raise JobFailed(
+            "invalid_training_file",
+            f"The training file {job.training_file} cannot be used: {reasons}",
+            "training_file",
+        )

@@ -1,0 +1,180 @@
+"""Fine-tuning jobs: create, list, get, cancel, events, checkpoints (OpenAI objects)."""
+
+from __future__ import annotations
+
+import random
+
+from server.engine.registry import ModelRegistry
+from server.errors import InvalidRequest, NotFound
+from server.jobs.runner import JobRunner
+from server.protocol.fine_tuning import (
+    CheckpointList,
+    CheckpointMetrics,
+    EventList,
+    FineTuningJob,
+    JobCheckpoint,
+    JobCreateRequest,
+    JobError,
+    JobEvent,
+    JobHyperparameters,
+    JobList,
+    JobMethod,
+    JobSupervised,
+)
+from server.store import Store
+from server.store.jobs import CheckpointRecord, EventRecord, JobRecord
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class FineTuningService:
+    """The `/v1/fine_tuning/jobs` operations over the store and the runner."""
+
+    def __init__(self, store: Store, registry: ModelRegistry, runner: JobRunner) -> None:
+        self._store = store
+        self._registry = registry
+        self._runner = runner
+
+    def create(self, request: JobCreateRequest) -> FineTuningJob:
+        """Check the model and files, store the job (`validating_files`) and queue it."""
+        base = self._registry.get(request.model)
+        if base.adapter is not None:
+            raise InvalidRequest(
+                "Fine-tuning a fine-tuned model is not supported yet; use its base model "
+                f"'{base.parent}'.",
+                param="model",
+                code="model_not_supported",
+            )
+        self._check_file(request.training_file, "training_file")
+        if request.validation_file:
+            self._check_file(request.validation_file, "validation_file")
+        hp = request.resolved_hyperparameters().model_dump(exclude_none=True)
+        seed = request.seed if request.seed is not None else random.randrange(2**31)
+        job = self._store.jobs.create(
+            model=request.model,
+            training_file=request.training_file,
+            validation_file=request.validation_file,
+            seed=seed,
+            hyperparameters=hp,
+            method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+            suffix=request.suffix,
+            metadata=request.metadata,
+            backend=base.engine.backend,
+            base_model_path=base.engine.model_path,
+        )
+        self._store.events.add(job.id, f"Created fine-tuning job: {job.id}")
+        self._runner.submit(job.id)
+        return to_job(job)
+
+    def _check_file(self, file_id: str, param: str) -> None:
+        record = self._store.files.get(file_id)
+        if record is None:
+            raise InvalidRequest(
+                f"invalid {param}: {file_id} does not exist.", param=param, code="file_not_found"
+            )
+        if record.purpose != "fine-tune":
+            raise InvalidRequest(
+                f"invalid {param}: {file_id} was uploaded with purpose '{record.purpose}', "
+                "not 'fine-tune'.",
+                param=param,
+                code="invalid_file_purpose",
+            )
+
+    def list(self, after: str | None, limit: int) -> JobList:
+        """Jobs, newest first."""
+        page = self._store.jobs.list(after=after, limit=limit)
+        return JobList(data=[to_job(j) for j in page.items], has_more=page.has_more)
+
+    def get(self, job_id: str) -> FineTuningJob:
+        """One job, or a 404."""
+        return to_job(self._job(job_id))
+
+    def cancel(self, job_id: str) -> FineTuningJob:
+        """Cancel an unfinished job; a finished one is a 400."""
+        job = self._job(job_id)
+        cancelled = self._runner.cancel(job_id)
+        if cancelled is None:
+            raise InvalidRequest(
+                f"Job {job_id} has already {job.status if job.status != 'failed' else 'failed'}; "
+                "it cannot be cancelled.",
+                param="fine_tuning_job_id",
+                code="job_not_cancellable",
+            )
+        return to_job(cancelled)
+
+    def events(self, job_id: str, after: str | None, limit: int) -> EventList:
+        """A job's events, newest first."""
+        self._job(job_id)
+        page = self._store.events.list(job_id, after=after, limit=limit)
+        return EventList(data=[to_event(e) for e in page.items], has_more=page.has_more)
+
+    def checkpoints(self, job_id: str, after: str | None, limit: int) -> CheckpointList:
+        """A job's checkpoints, newest first."""
+        self._job(job_id)
+        page = self._store.checkpoints.list(job_id, after=after, limit=limit)
+        data = [to_checkpoint(c) for c in page.items]
+        return CheckpointList(
+            data=data,
+            has_more=page.has_more,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+
+    def _job(self, job_id: str) -> JobRecord:
+        job = self._store.jobs.get(job_id) if job_id.startswith("ftjob-") else None
+        if job is None:
+            raise JobNotFound(f"No fine-tuning job with id '{job_id}'.", param="fine_tuning_job_id")
+        return job
+
+
+def to_job(job: JobRecord) -> FineTuningJob:
+    """The `fine_tuning.job` object of a stored job."""
+    hp = JobHyperparameters(**job.hyperparameters)
+    return FineTuningJob(
+        id=job.id,
+        created_at=job.created_at,
+        error=JobError(**job.error) if job.error else None,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at,
+        hyperparameters=hp,
+        method=JobMethod(supervised=JobSupervised(hyperparameters=hp)),
+        model=job.model,
+        organization_id=job.organization_id,
+        result_files=job.result_files,
+        seed=job.seed,
+        status=job.status,
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        estimated_finish=job.estimated_finish if job.status == "running" else None,
+        integrations=job.integrations,
+        metadata=job.metadata,
+        suffix=job.suffix,
+    )
+
+
+def to_event(event: EventRecord) -> JobEvent:
+    """The `fine_tuning.job.event` object."""
+    return JobEvent(
+        id=event.id,
+        created_at=event.created_at,
+        level=event.level,
+        message=event.message,
+        type=event.type,
+        data=event.data if isinstance(event.data, dict) else None,
+    )
+
+
+def to_checkpoint(checkpoint: CheckpointRecord) -> JobCheckpoint:
+    """The `fine_tuning.job.checkpoint` object."""
+    known = set(CheckpointMetrics.model_fields)
+    return JobCheckpoint(
+        id=checkpoint.id,
+        created_at=checkpoint.created_at,
+        fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
+        fine_tuning_job_id=checkpoint.job_id,
+        metrics=CheckpointMetrics(**{k: v for k, v in checkpoint.metrics.items() if k in known}),
+        step_number=checkpoint.step_number,
+    )
