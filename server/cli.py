@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pomar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    from server import tune
+
+    tune.add_parser(sub)
     data = sub.add_parser("data", help="dataset lab: check | prepare | convert", add_help=False)
     data.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -51,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(settings_from_args(args), argv)
+    if args.command == "tune":
+        from server import tune
+
+        if (args.backend or Settings().backend) in ("auto", "mlx"):
+            _reexec_with_openblas(argv)
+        return tune.run(args)
     return 2
 
 

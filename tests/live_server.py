@@ -21,7 +21,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_environment(home: Path) -> dict[str, str]:
+def server_environment(home: Path) -> dict[str, str]:
     """Environment for a server under test: offline, no cold MLX compile, its own home."""
     env = dict(os.environ)
     # let `pomar serve` arrange OpenBLAS itself (the re-exec path users get)
@@ -66,7 +66,7 @@ class LiveServer:
             cmd += ["--api-key", self.api_key]
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=test_environment(self.home)
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.home)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ from finetune.config import (
     resolve_learning_rate,
     total_steps,
 )
-from server.store.jobs import JobRecord
 
 
 def count_lines(path: Path) -> int:
@@ -23,15 +23,19 @@ def count_lines(path: Path) -> int:
 
 
 def train_config(
-    job: JobRecord,
+    hp: Mapping[str, Any],
+    seed: int,
     base_path: Path,
     data_dir: Path,
     out_dir: Path,
     backend: str,
     resume: Path | None,
 ) -> tuple[TrainConfig, dict[str, Any]]:
-    """The trainer's config, and the hyperparameters as the job reports them (resolved)."""
-    hp = job.hyperparameters
+    """The trainer's config, and the hyperparameters resolved from "auto" to numbers.
+
+    `hp` holds OpenAI's n_epochs, batch_size, learning_rate_multiplier ("auto" or a
+    number) and pomar's lora_rank, lora_alpha, lora_layers, max_length (optional).
+    """
     train_file, valid_file = data_dir / "train.jsonl", data_dir / "valid.jsonl"
     n = count_lines(train_file)
     has_valid = valid_file.is_file() and count_lines(valid_file) > 0
@@ -62,7 +66,7 @@ def train_config(
         n_epochs=n_epochs,
         batch_size=batch,
         learning_rate=resolve_learning_rate(lr_mult),
-        seed=job.seed,
+        seed=seed,
         # about 10 evaluations and 5 checkpoints per run, whatever its length
         steps_per_eval=max(1, steps // 10),
         steps_per_checkpoint=max(1, steps // 5),

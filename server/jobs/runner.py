@@ -147,7 +147,9 @@ class JobRunner:
         job = self._store.jobs.get(job_id)
         assert job is not None
         resume = latest_checkpoint(out_dir)
-        config, resolved = train_config(job, base_path, data_dir, out_dir, self._backend, resume)
+        config, resolved = train_config(
+            job.hyperparameters, job.seed, base_path, data_dir, out_dir, self._backend, resume
+        )
         ft_id = fine_tuned_model_id(job.model, job.suffix, job.id)
         started = self._store.jobs.update(
             job_id,
