@@ -129,6 +129,9 @@ def serve_fine_tuned_models(store: Store, registry: ModelRegistry) -> None:
         if registry.base_path(record.base_model) is None:
             log.info("not serving %s: its base %s is not loaded", record.id, record.base_model)
             continue
+        if not Path(record.adapter_path).is_dir():
+            log.warning("not serving %s: its adapter %s is gone", record.id, record.adapter_path)
+            continue
         registry.add_adapter_model(
             record.id, record.base_model, Path(record.adapter_path), record.created
         )

@@ -102,6 +102,10 @@ class JobRunner:
             except JobFailed as failed:
                 self._fail(job_id, failed.error)
             except Exception as exc:  # a job's failure must not kill the runner
+                if self._shutdown.is_set():
+                    # the store may be closing under us: leave the job resumable, not failed
+                    log.warning("job %s interrupted by shutdown: %s", job_id, exc)
+                    return
                 log.exception("job %s failed", job_id)
                 message = f"Training failed: {type(exc).__name__}: {exc}"[:500]
                 self._fail(job_id, {"code": "training_failed", "message": message, "param": None})
@@ -136,6 +140,8 @@ class JobRunner:
             if self._store.jobs.update(job_id, status="queued", expect_status=ACTIVE) is None:
                 return  # cancelled while validating
             self._store.events.add(job_id, "Files validated, moving job to queued state.")
+        if self._shutdown.is_set():
+            return  # queued: the next start trains it
         self._train(job_id, base_path, data_dir, work / "train", stop)
 
     def _train(
