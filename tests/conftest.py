@@ -7,7 +7,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -19,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-API_KEY = "test-key-123"
+from live_server import API_KEY
 
 
 @pytest.fixture(scope="session")
@@ -65,17 +64,3 @@ def tiny_server(
 def embedded_server(pomar_home: Path, embedded_model_path: Path) -> Iterator[LiveServer]:
     """A real server on the embedded model, default backend, default model id."""
     yield from _serve("smollm2-135m-instruct", "auto", pomar_home)
-
-
-def client_for(server: LiveServer) -> openai.OpenAI:
-    """The official SDK pointed at a live server."""
-    return openai.OpenAI(
-        base_url=f"{server.base_url}/v1", api_key=server.api_key or "unused", max_retries=0
-    )
-
-
-def async_client_for(server: LiveServer) -> openai.AsyncOpenAI:
-    """The official async SDK pointed at a live server."""
-    return openai.AsyncOpenAI(
-        base_url=f"{server.base_url}/v1", api_key=server.api_key or "unused", max_retries=0
-    )

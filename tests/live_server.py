@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import openai
+
+API_KEY = "test-key-123"
 
 
 def free_port() -> int:
@@ -95,3 +98,17 @@ class LiveServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def client_for(server: LiveServer) -> openai.OpenAI:
+    """The official SDK pointed at a live server."""
+    return openai.OpenAI(
+        base_url=f"{server.base_url}/v1", api_key=server.api_key or "unused", max_retries=0
+    )
+
+
+def async_client_for(server: LiveServer) -> openai.AsyncOpenAI:
+    """The official async SDK pointed at a live server."""
+    return openai.AsyncOpenAI(
+        base_url=f"{server.base_url}/v1", api_key=server.api_key or "unused", max_retries=0
+    )

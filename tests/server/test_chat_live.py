@@ -10,8 +10,7 @@ import asyncio
 import httpx
 import openai
 import pytest
-from conftest import async_client_for, client_for
-from live_server import LiveServer
+from live_server import LiveServer, async_client_for, client_for
 
 HELLO = [{"role": "user", "content": "hello there, how are you?"}]
 

@@ -6,8 +6,7 @@ import time
 
 import httpx
 import pytest
-from conftest import async_client_for, client_for
-from live_server import LiveServer
+from live_server import LiveServer, async_client_for, client_for
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import client_for
-from live_server import LiveServer
+from live_server import LiveServer, client_for
 from starlette.testclient import TestClient
 
 from server.app import create_app

@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import client_for
-from live_server import LiveServer
+from live_server import LiveServer, client_for
 
 GOOD = (
     b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import client_for
 from finetune_data import SECRET, write_training_file
-from live_server import LiveServer
+from live_server import LiveServer, client_for
 
 from finetune.config import TINY_MODEL_LR_MULTIPLIER
 
