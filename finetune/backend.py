@@ -1,0 +1,63 @@
+"""The narrow interface the training loop drives; one implementation per engine.
+
+The loop (scheduling, evaluation cadence, checkpoints, cancellation, metrics, resume) lives
+once in :mod:`finetune.trainer`; a backend only knows how to take a step on a batch, score a
+batch, and write or read its adapter and optimizer state. Backends import their engine in
+their own module, so choosing one never imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from finetune.config import TrainConfig
+    from finetune.data import Batch
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Loss and greedy accuracy of one batch, over its trained tokens only."""
+
+    loss: float  # mean cross-entropy per trained token
+    n_targets: int  # trained tokens in the batch
+    n_correct: int  # of which the argmax prediction is right
+
+
+class LoRABackend(Protocol):
+    """A base model with LoRA layers, an optimizer, and adapter I/O."""
+
+    name: str
+
+    def train_step(self, batch: Batch) -> StepOutput:
+        """Forward, backward and one optimizer update on the batch."""
+        ...
+
+    def eval_step(self, batch: Batch) -> StepOutput:
+        """Loss and accuracy on the batch without updating anything (dropout off)."""
+        ...
+
+    def save_adapter(self, directory: Path) -> None:
+        """Write a complete adapter folder (weights + adapter_config.json) into ``directory``."""
+        ...
+
+    def save_optimizer(self, directory: Path) -> None:
+        """Write the optimizer state (moments and step count) into ``directory``."""
+        ...
+
+    def load_checkpoint(self, directory: Path) -> None:
+        """Restore adapter weights and optimizer state written by this backend."""
+        ...
+
+
+def open_backend(config: TrainConfig) -> LoRABackend:
+    """Load the base model for ``config.backend`` and add LoRA layers to it."""
+    if config.backend == "mlx":
+        from finetune.mlx_lora import MLXLoRABackend
+
+        return MLXLoRABackend(config)
+    from finetune.torch_lora import TorchLoRABackend
+
+    return TorchLoRABackend(config)

@@ -1,0 +1,333 @@
+"""The training loop: one function, any backend, injected callbacks, cancellable, resumable.
+
+Layout written under ``config.out_dir``::
+
+    checkpoints/step-N/   a complete adapter folder + optimizer state + trainer_state.json
+    adapter/              the final adapter (written only when every step ran)
+
+Every folder is built under a temporary name and renamed into place, so a reader (the
+server registering a checkpoint model, or a resume after a crash) never sees a half-written
+one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune.backend import LoRABackend, StepOutput, open_backend
+from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
+from finetune.config import TrainConfig
+from finetune.data import (
+    Example,
+    batch_plan,
+    collate,
+    load_examples,
+    load_tokenizer,
+    pad_token_id,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+STATE_FORMAT = 1
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``adapter_path`` is ``out_dir/adapter`` after a full run, or the
+    checkpoint written at the stop step when ``stopped_early``."""
+
+    adapter_path: Path
+    steps: int
+    total_steps: int
+    trained_tokens: int
+    stopped_early: bool
+    last_train_loss: float | None
+    last_valid_loss: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Progress:
+    """Everything a checkpoint must carry for a resume to continue the same run."""
+
+    step: int = 0
+    trained_tokens: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def latest(self, key: str) -> float | None:
+        return next((row[key] for row in reversed(self.history) if row.get(key) is not None), None)
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives."""
+    return Path(out_dir) / "checkpoints" / f"step-{step}"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``out_dir``, if any."""
+    root = Path(out_dir) / "checkpoints"
+    found = [
+        (int(path.name.removeprefix("step-")), path)
+        for path in root.glob("step-*")
+        if path.name.removeprefix("step-").isdigit() and (path / STATE_FILE).is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+def train(config: TrainConfig, callback: TrainingCallback | None = None) -> TrainResult:
+    """Fine-tune ``config.model_path`` with LoRA on ``config.train_file``.
+
+    Blocks until done; safe to call from a worker thread. ``callback.should_stop()`` is
+    polled before every step (and between validation batches): when it turns True the run
+    writes a checkpoint at the last finished step and returns with ``stopped_early``.
+    Raises :class:`finetune.data.TrainingDataError` for unusable data and ``ValueError``
+    for a checkpoint that does not belong to this run.
+    """
+    callback = callback or TrainingCallback()
+    for path in (config.model_path, config.train_file, config.valid_file, config.resume_from):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"not found: {path}")
+
+    # Data first: a bad file fails in seconds, before any weights are loaded.
+    tokenizer = load_tokenizer(config.model_path)
+    train_set = load_examples(config.train_file, tokenizer, config.lora.max_length)
+    valid_set = (
+        load_examples(config.valid_file, tokenizer, config.lora.max_length)
+        if config.valid_file
+        else []
+    )
+    plan = batch_plan(len(train_set), config.n_epochs, config.batch_size, config.seed)
+    logger.info(
+        "%s LoRA: %d examples (%d truncated to %d tokens), %d validation, %d steps",
+        config.backend,
+        len(train_set),
+        sum(example.truncated for example in train_set),
+        config.lora.max_length,
+        len(valid_set),
+        len(plan),
+    )
+    fingerprint = _fingerprint(config, len(train_set))
+    progress = _Progress()
+    if config.resume_from is not None:
+        progress = _read_state(config.resume_from, fingerprint, len(plan))
+
+    _remove_leftovers(Path(config.out_dir))
+    backend = open_backend(config)
+    if config.resume_from is not None:
+        backend.load_checkpoint(config.resume_from)
+        logger.info(
+            "resuming at step %d of %d from %s", progress.step, len(plan), config.resume_from
+        )
+
+    loop = _Loop(config, backend, callback, train_set, valid_set, pad_token_id(tokenizer))
+    stopped = loop.run(plan, progress, fingerprint)
+
+    if stopped:
+        adapter = checkpoint_dir(config.out_dir, progress.step)
+        if not (adapter / STATE_FILE).is_file():
+            loop.checkpoint(progress, fingerprint)
+    else:
+        adapter = Path(config.out_dir) / "adapter"
+        _write_dir_atomically(adapter, backend.save_adapter)
+    return TrainResult(
+        adapter_path=adapter,
+        steps=progress.step,
+        total_steps=len(plan),
+        trained_tokens=progress.trained_tokens,
+        stopped_early=stopped,
+        last_train_loss=progress.latest("train_loss"),
+        last_valid_loss=progress.latest("valid_loss"),
+        history=progress.history,
+    )
+
+
+class _Loop:
+    """The step loop; split out of :func:`train` so each piece reads on its own."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        backend: LoRABackend,
+        callback: TrainingCallback,
+        train_set: list[Example],
+        valid_set: list[Example],
+        pad_id: int,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.callback = callback
+        self.train_set = train_set
+        self.valid_set = valid_set
+        self.pad_id = pad_id
+
+    def run(self, plan: list[list[int]], progress: _Progress, fingerprint: dict[str, Any]) -> bool:
+        """Train from ``progress.step`` to the end of ``plan``; True if stopped early."""
+        config, total = self.config, len(plan)
+        started, elapsed_before = time.perf_counter(), progress.elapsed_s
+        for step in range(progress.step + 1, total + 1):
+            if self.callback.should_stop():
+                return True
+            batch = collate([self.train_set[i] for i in plan[step - 1]], self.pad_id)
+            tic = time.perf_counter()
+            out = self.backend.train_step(batch)
+            seconds = max(time.perf_counter() - tic, 1e-9)
+            progress.step = step
+            progress.trained_tokens += batch.n_tokens
+            progress.elapsed_s = elapsed_before + time.perf_counter() - started
+            metrics = StepMetrics(
+                step=step,
+                total_steps=total,
+                train_loss=out.loss,
+                train_mean_token_accuracy=_accuracy(out),
+                learning_rate=config.learning_rate,
+                tokens_per_second=batch.n_tokens / seconds,
+                trained_tokens=progress.trained_tokens,
+                elapsed_s=progress.elapsed_s,
+            )
+            row: dict[str, Any] = {
+                **metrics.as_dict(),
+                "valid_loss": None,
+                "valid_mean_token_accuracy": None,
+            }
+            progress.history.append(row)
+            self.callback.on_step(metrics)
+            if self.valid_set and (step % config.steps_per_eval == 0 or step == total):
+                evaluated = self.evaluate(step)
+                if evaluated is not None:
+                    row["valid_loss"] = evaluated.valid_loss
+                    row["valid_mean_token_accuracy"] = evaluated.valid_mean_token_accuracy
+                    self.callback.on_eval(evaluated)
+            if step % config.steps_per_checkpoint == 0:
+                self.checkpoint(progress, fingerprint)
+        return False
+
+    def evaluate(self, step: int) -> EvalMetrics | None:
+        """Validation loss and accuracy; None when a stop request interrupts it."""
+        size, cap = self.config.batch_size, self.config.eval_batches
+        starts = range(0, len(self.valid_set), size)
+        loss_sum, targets, correct = 0.0, 0, 0
+        for number, start in enumerate(starts):
+            if cap is not None and number >= cap:
+                break
+            if self.callback.should_stop():
+                return None
+            out = self.backend.eval_step(collate(self.valid_set[start : start + size], self.pad_id))
+            loss_sum += out.loss * out.n_targets
+            targets += out.n_targets
+            correct += out.n_correct
+        return EvalMetrics(
+            step=step,
+            valid_loss=loss_sum / max(targets, 1),
+            valid_mean_token_accuracy=correct / max(targets, 1),
+        )
+
+    def checkpoint(self, progress: _Progress, fingerprint: dict[str, Any]) -> Path:
+        """Write ``checkpoints/step-N`` (adapter, optimizer, trainer state) and announce it."""
+        target = checkpoint_dir(self.config.out_dir, progress.step)
+
+        def write(directory: Path) -> None:
+            self.backend.save_adapter(directory)
+            self.backend.save_optimizer(directory)
+            state = {
+                "format": STATE_FORMAT,
+                "backend": self.backend.name,
+                "fingerprint": fingerprint,
+                "step": progress.step,
+                "trained_tokens": progress.trained_tokens,
+                "elapsed_s": progress.elapsed_s,
+                "history": progress.history,
+            }
+            (directory / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+
+        _write_dir_atomically(target, write)
+        metrics: dict[str, float] = {"step": float(progress.step)}
+        for key in ("train_loss", "train_mean_token_accuracy", "valid_loss"):
+            value = progress.latest(key)
+            if value is not None:
+                metrics[key] = float(value)
+        valid_accuracy = progress.latest("valid_mean_token_accuracy")
+        if valid_accuracy is not None:
+            metrics["valid_mean_token_accuracy"] = float(valid_accuracy)
+        self.callback.on_checkpoint(
+            CheckpointInfo(step=progress.step, path=target, metrics=metrics)
+        )
+        return target
+
+
+def _accuracy(out: StepOutput) -> float:
+    return out.n_correct / out.n_targets if out.n_targets else 0.0
+
+
+def _fingerprint(config: TrainConfig, n_examples: int) -> dict[str, Any]:
+    """What must match for a checkpoint's step to mean the same point of the same run."""
+    return {
+        "backend": config.backend,
+        "n_examples": n_examples,
+        "n_epochs": config.n_epochs,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "lora": config.lora.model_dump(mode="json", exclude={"max_length"}),
+    }
+
+
+def _read_state(checkpoint: Path, fingerprint: dict[str, Any], total: int) -> _Progress:
+    path = Path(checkpoint) / STATE_FILE
+    if not path.is_file():
+        raise ValueError(f"{checkpoint} is not a training checkpoint (no {STATE_FILE})")
+    state = json.loads(path.read_text(encoding="utf-8"))
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{checkpoint}: unsupported checkpoint format {state.get('format')}")
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{checkpoint} belongs to a different run: {state.get('fingerprint')} != {fingerprint}"
+        )
+    step = int(state["step"])
+    if not 0 <= step <= total:
+        raise ValueError(f"{checkpoint}: step {step} is outside this run's {total} steps")
+    return _Progress(
+        step=step,
+        trained_tokens=int(state["trained_tokens"]),
+        elapsed_s=float(state["elapsed_s"]),
+        history=list(state["history"]),
+    )
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Half-written folders of a run that crashed mid-write (never valid checkpoints)."""
+    for folder in (out_dir, out_dir / "checkpoints"):
+        if folder.is_dir():
+            for path in folder.glob(".*"):
+                if ".tmp-" in path.name or ".old-" in path.name:
+                    shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_dir_atomically(target: Path, write: Any) -> None:
+    """Build a folder under a temporary name beside ``target``, then swap it into place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if target.exists():
+            # rename cannot replace a non-empty folder; move the old one aside first
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
