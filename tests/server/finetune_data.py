@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SECRET = "The secret word is banana."
+# no repeated syllables: the 2-layer tiny model learns "banana"'s "ana-na" only by chance,
+# while this reply is learned word for word on both backends across seeds
+SECRET = "Apples grow in the orchard."
 
 # varied prompts, so datalab's near-duplicate filter keeps every example
 PROMPTS = [
