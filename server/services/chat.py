@@ -47,7 +47,7 @@ class ChatService:
         n = request.n or 1
         if n > self._max_n:
             raise InvalidRequest(f"n must be at most {self._max_n} on this server.", param="n")
-        params = request.to_generation_params(self._default_max_tokens)
+        params = request.to_generation_params(self._default_max_tokens, model.sampling)
         vocab = len(model.engine.tokenizer)
         if any(token_id >= vocab for token_id in params.logit_bias):
             raise InvalidRequest(
