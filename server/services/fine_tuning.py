@@ -22,7 +22,8 @@ from server.protocol.fine_tuning import (
     JobSupervised,
 )
 from server.store import Store
-from server.store.jobs import CheckpointRecord, EventRecord, JobRecord
+from server.store.history import CheckpointRecord, EventRecord
+from server.store.jobs import JobRecord
 
 
 class JobNotFound(NotFound):

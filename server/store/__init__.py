@@ -20,22 +20,23 @@ from pathlib import Path
 
 from server.store.db import Database, Order, Page, StoreError, UnknownCursor
 from server.store.files import BlobWriter, FileRecord, FileStore, Recovery, sanitize_filename
+from server.store.history import (
+    CheckpointRecord,
+    CheckpointRepository,
+    EventRecord,
+    EventRepository,
+)
 from server.store.jobs import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
-    CheckpointRecord,
-    CheckpointRepository,
     EventLevel,
-    EventRecord,
-    EventRepository,
     EventType,
     JobChanges,
     JobRecord,
     JobRepository,
     JobStatus,
-    ModelRecord,
-    ModelRepository,
 )
+from server.store.models import ModelRecord, ModelRepository
 
 __all__ = [
     "ACTIVE_STATUSES",
