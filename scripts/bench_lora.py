@@ -118,9 +118,9 @@ def bench_api(args: argparse.Namespace, data: Path, home: Path) -> Measure:
 
     from finetune.config import BASE_LEARNING_RATE
 
-    server = LiveServer(model=str(args.model), backend="mlx", home=home)
     # the server arranges OpenBLAS itself; compile on, as in the other runners
-    os.environ.pop("MLX_DISABLE_COMPILE", None)
+    env: dict[str, str | None] = {"MLX_DISABLE_COMPILE": None}
+    server = LiveServer(model=str(args.model), backend="mlx", home=home, env=env)
     server.start()
     try:
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x")

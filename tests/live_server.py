@@ -51,6 +51,8 @@ class LiveServer:
     home: Path
     api_key: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    #: environment changes on top of server_environment(); None removes a variable
+    env: dict[str, str | None] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -68,9 +70,13 @@ class LiveServer:
         if self.api_key:
             cmd += ["--api-key", self.api_key]
         log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=server_environment(self.home)
-        )
+        env = server_environment(self.home)
+        for name, value in self.env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 from server.engine.registry import ModelRegistry
 from server.errors import InvalidRequest, NotFound
@@ -21,7 +23,7 @@ from server.protocol.fine_tuning import (
     JobMethod,
     JobSupervised,
 )
-from server.store import Store
+from server.store import Store, UnknownCursor
 from server.store.history import CheckpointRecord, EventRecord
 from server.store.jobs import JobRecord
 
@@ -85,7 +87,8 @@ class FineTuningService:
 
     def list(self, after: str | None, limit: int) -> JobList:
         """Jobs, newest first."""
-        page = self._store.jobs.list(after=after, limit=limit)
+        with _cursor(after):
+            page = self._store.jobs.list(after=after, limit=limit)
         return JobList(data=[to_job(j) for j in page.items], has_more=page.has_more)
 
     def get(self, job_id: str) -> FineTuningJob:
@@ -108,13 +111,15 @@ class FineTuningService:
     def events(self, job_id: str, after: str | None, limit: int) -> EventList:
         """A job's events, newest first."""
         self._job(job_id)
-        page = self._store.events.list(job_id, after=after, limit=limit)
+        with _cursor(after):
+            page = self._store.events.list(job_id, after=after, limit=limit)
         return EventList(data=[to_event(e) for e in page.items], has_more=page.has_more)
 
     def checkpoints(self, job_id: str, after: str | None, limit: int) -> CheckpointList:
         """A job's checkpoints, newest first."""
         self._job(job_id)
-        page = self._store.checkpoints.list(job_id, after=after, limit=limit)
+        with _cursor(after):
+            page = self._store.checkpoints.list(job_id, after=after, limit=limit)
         data = [to_checkpoint(c) for c in page.items]
         return CheckpointList(
             data=data,
@@ -128,6 +133,17 @@ class FineTuningService:
         if job is None:
             raise JobNotFound(f"No fine-tuning job with id '{job_id}'.", param="fine_tuning_job_id")
         return job
+
+
+@contextlib.contextmanager
+def _cursor(after: str | None) -> Iterator[None]:
+    """An `after` id that names nothing in the list is the client's error, not a 500."""
+    try:
+        yield
+    except UnknownCursor:
+        raise InvalidRequest(
+            f"after: no object with id '{after}' in this list.", param="after", code="invalid_value"
+        ) from None
 
 
 def to_job(job: JobRecord) -> FineTuningJob:

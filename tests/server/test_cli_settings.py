@@ -54,3 +54,18 @@ def test_openblas_preload_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert "OpenBLAS preloaded" in openblas.status(env)
     monkeypatch.setattr(openblas, "find_openblas", lambda: None)
     assert openblas.preload_environment({}) is None
+
+
+def test_unreachable_hub_id_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from server.engine.registry import resolve_model_path
+    from server.errors import ModelLoadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelLoadError, match="pass a local folder"):
+        resolve_model_path("nobody-here/no-such-model", tmp_path)
+    with pytest.raises(ModelLoadError, match="neither a local folder nor a hub repo id"):
+        resolve_model_path("not/a/repo/id", tmp_path)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        resolve_model_path(str(tmp_path / "folder"), tmp_path)

@@ -187,6 +187,9 @@ def test_bad_jobs_get_clear_errors(ft_server: LiveServer, tmp_path: Path) -> Non
     assert "n_epochs" in str(bad_hp.value.param)
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.retrieve("ftjob-" + "0" * 24)
+    with pytest.raises(openai.BadRequestError) as cursor:
+        client.fine_tuning.jobs.list(after="ftjob-" + "1" * 24)
+    assert cursor.value.param == "after"
     n_jobs = len(client.fine_tuning.jobs.list(limit=100).data)
 
     # too few examples: the job is created, then fails at validation with a clear error
