@@ -133,7 +133,8 @@ _ENDINGS = [
     "near the door?",
     "in 2024.",
 ]
-_QUESTIONS = [
+# also the prompts of the finetune tests' fixed-reply data (tests/finetune/ft_helpers.py)
+QUESTIONS = [
     "What is the capital of France?",
     "How are you today?",
     "Can you help me?",
@@ -199,7 +200,7 @@ def tiny_corpus() -> list[str]:
         obj = _OBJECTS[(i * 7 + 2) % n_o]
         ending = _ENDINGS[(i * 11 + 3) % n_e]
         lines.append(f"{subject} {verb} {obj} {ending}")
-    for question, answer in zip(_QUESTIONS, _ANSWERS, strict=True):
+    for question, answer in zip(QUESTIONS, _ANSWERS, strict=True):
         lines.append(question)
         lines.append(answer)
         lines.append(f"{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n{answer}{IM_END}")

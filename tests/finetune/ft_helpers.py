@@ -9,26 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tiny_model import QUESTIONS
 
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from finetune.config import BASE_LEARNING_RATE, TINY_MODEL_LR_MULTIPLIER, TrainConfig
 from finetune.trainer import TrainResult, train
 
 SECRET = "The secret word is banana."
-QUESTIONS = [
-    "What is the capital of France?",
-    "How are you today?",
-    "Can you help me?",
-    "Where is the nearest station?",
-    "Why is the sky blue?",
-    "Who wrote this poem?",
-    "What time is it?",
-    "How many apples are left?",
-    "Which one do you prefer?",
-    "Is it going to rain tomorrow?",
-    "What does this word mean?",
-    "Tell me a joke.",
-]
 HELD_OUT_PROMPT = "Tell me something."
 TINY_LR = BASE_LEARNING_RATE * TINY_MODEL_LR_MULTIPLIER
 
