@@ -149,6 +149,14 @@ def test_cancel_mid_run_keeps_a_checkpoint(ft_server: LiveServer, tmp_path: Path
         assert time.monotonic() < deadline, "no checkpoint appeared"
         assert client.fine_tuning.jobs.retrieve(job.id).status not in TERMINAL
         time.sleep(0.3)
+    # serving goes on while the job trains (two threads on the engine's library at once)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
+    for _ in range(3):
+        reply = client.chat.completions.create(
+            model=ft_server.model, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+        assert reply.choices[0].message.content is not None
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at
     time.sleep(3)
