@@ -42,14 +42,12 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the data, train, write results; print where everything is."""
     from rich.console import Console
 
-    from datalab.config import PipelineConfig
-    from datalab.pipeline import prepare
-    from datalab.tokens import load_tokenizer
     from finetune.progress import RichProgress
     from finetune.results import plot_loss_curve, write_results_csv
     from finetune.trainer import train
     from server.engine.registry import choose_backend, resolve_model_path
     from server.jobs.hyper import train_config
+    from server.jobs.validation import prepare_training_data
 
     console = Console(stderr=True, soft_wrap=True)  # paths stay whole, copy-pasteable
     overrides = {"model": args.model} if args.model else {}
@@ -72,15 +70,13 @@ def run(args: argparse.Namespace) -> int:
         "max_length": args.max_length,
     }
     with console.status("checking and preparing the data…"):
-        config = PipelineConfig(
-            seed=args.seed, **({"max_length": args.max_length} if args.max_length else {})
-        )
-        report = prepare(
+        report = prepare_training_data(
             args.file,
             out / "data",
-            config,
-            tokenizer=load_tokenizer(str(base)),
-            valid_src=args.validation_file,
+            base,
+            seed=args.seed,
+            max_length=args.max_length,
+            valid_path=args.validation_file,
         )
     console.print(report.summary())
     if not report.can_train:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from server.jobs.callback import JobCallback
+from server.jobs.errors import JobFailed
 from server.jobs.naming import fine_tuned_model_id
 from server.store import Store, StoreError
 from server.store.jobs import JobRecord, JobStatus
@@ -31,14 +32,6 @@ ACTIVE: tuple[JobStatus, ...] = ("validating_files", "queued", "running")
 RUNNING: tuple[JobStatus, ...] = ("running",)
 WAITING: tuple[JobStatus, ...] = ("queued", "running")
 ServeAdapter = Callable[[str, str, Path, int], None]  # (model id, base id, adapter, created)
-
-
-class JobFailed(Exception):
-    """Ends a job as `failed` with an OpenAI-style error object."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.error = {"code": code, "message": message, "param": param}
 
 
 class JobRunner:

@@ -6,15 +6,38 @@ from pathlib import Path
 
 from datalab.config import PipelineConfig
 from datalab.pipeline import prepare
+from datalab.report import Report
 from datalab.tokens import load_tokenizer
+from server.jobs.errors import JobFailed
 from server.store import Store
 from server.store.jobs import JobRecord
 
 
+def prepare_training_data(
+    train_path: Path,
+    data_dir: Path,
+    base_path: Path,
+    *,
+    seed: int,
+    max_length: int | None = None,
+    valid_path: Path | None = None,
+) -> Report:
+    """datalab over a training run's files: train.jsonl, valid.jsonl, report.json in `data_dir`.
+
+    Tokens are measured with the base model's tokenizer. Shared by jobs and `pomar tune`.
+    """
+    config = PipelineConfig(seed=seed, **({"max_length": max_length} if max_length else {}))
+    return prepare(
+        train_path,
+        data_dir,
+        config,
+        tokenizer=load_tokenizer(str(base_path)),
+        valid_src=valid_path,
+    )
+
+
 def validate_files(store: Store, job: JobRecord, base_path: Path, data_dir: Path) -> None:
     """Clean, validate, dedupe and split the job's files into `data_dir`, or fail the job."""
-    from server.jobs.runner import JobFailed
-
     store.events.add(job.id, f"Validating training file: {job.training_file}")
     train_path = store.files.content_path(job.training_file)
     if train_path is None:
@@ -32,14 +55,13 @@ def validate_files(store: Store, job: JobRecord, base_path: Path, data_dir: Path
                 f"The validation file {job.validation_file} no longer exists.",
                 "validation_file",
             )
-    max_length = job.hyperparameters.get("max_length")
-    config = PipelineConfig(seed=job.seed, **({"max_length": max_length} if max_length else {}))
-    report = prepare(
+    report = prepare_training_data(
         train_path,
         data_dir,
-        config,
-        tokenizer=load_tokenizer(str(base_path)),
-        valid_src=valid_path,
+        base_path,
+        seed=job.seed,
+        max_length=job.hyperparameters.get("max_length"),
+        valid_path=valid_path,
     )
     store.events.add(
         job.id,

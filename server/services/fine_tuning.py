@@ -101,8 +101,7 @@ class FineTuningService:
         cancelled = self._runner.cancel(job_id)
         if cancelled is None:
             raise InvalidRequest(
-                f"Job {job_id} has already {job.status if job.status != 'failed' else 'failed'}; "
-                "it cannot be cancelled.",
+                f"Job {job_id} has already {job.status}; it cannot be cancelled.",
                 param="fine_tuning_job_id",
                 code="job_not_cancellable",
             )
