@@ -26,6 +26,49 @@ class GenerationParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    #: None: no log probabilities; k (0-20): each token's logprob and its k best alternatives
+    top_logprobs: int | None = None
+    #: makes a fresh grammar state per completion; None: unconstrained
+    constraint: Callable[[], TokenConstraint] | None = None
+
+
+class TokenConstraint(abc.ABC):
+    """Grammar state of one completion: which token ids may come next.
+
+    Backends call `bitmask()` before each sampling step and `advance(token)` after it;
+    the mask is llguidance's packed int32 layout (bit i of word i // 32 allows id i), so
+    backends apply it with llguidance's mlx / torch helpers.
+    """
+
+    @abc.abstractmethod
+    def bitmask(self) -> Any:
+        """A numpy int32 array of shape (1, ceil(vocab / 32)) of the ids allowed next."""
+
+    @abc.abstractmethod
+    def advance(self, token: int) -> None:
+        """Consume the sampled token."""
+
+    def allowed(self, width: int) -> Any:
+        """The mask as a numpy bool array of `width` logits (ids past the mask: refused)."""
+        import numpy as np
+
+        # the int32 words are little-endian, so their bytes unpack in id order
+        bits = np.unpackbits(self.bitmask().reshape(-1).view(np.uint8), bitorder="little")
+        out = np.zeros(width, dtype=bool)
+        n = min(width, bits.shape[0])
+        out[:n] = bits[:n].astype(bool)
+        return out
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One sampled token, with its log probability when the request asked for them."""
+
+    token: int
+    #: natural-log probability of `token` under the (biased, masked) distribution
+    logprob: float | None = None
+    #: the most likely ids and their logprobs, best first (len = params.top_logprobs)
+    top: tuple[tuple[int, float], ...] = ()
 
 
 ShouldStop = Callable[[], bool]
@@ -46,8 +89,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
-    ) -> Iterator[int]:
-        """Yield sampled token ids one at a time, forever or until `should_stop()`.
+    ) -> Iterator[Sampled]:
+        """Yield sampled tokens one at a time, forever or until `should_stop()`.
+
+        Honours every field of `params` that shapes sampling: temperature, top_p, seed,
+        penalties, logit_bias, the constraint's mask, and the logprobs it asks for.
 
         The caller stops iterating at eos, a stop string or the token limit, and
         closes the generator; a backend must release its per-request state then.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from server.engine.base import Engine, GenerationParams, ShouldStop
+from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.detokenizer import Detokenizer
 
 
@@ -21,6 +21,8 @@ class Chunk:
     text: str
     completion_tokens: int
     finish_reason: str | None = None
+    #: the sampled tokens behind this text, when the request asked for logprobs
+    tokens: tuple[Sampled, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Completion:
     text: str
     completion_tokens: int
     finish_reason: str
+    tokens: tuple[Sampled, ...] = ()
 
 
 class StopMatcher:
@@ -83,25 +86,32 @@ def stream_chunks(
     detok = Detokenizer(engine.tokenizer)
     matcher = StopMatcher(params.stop)
     tokens = engine.token_stream(prompt_ids, params, should_stop)
+    keep = params.top_logprobs is not None
+    # tokens whose text is held back (partial stop string, partial UTF-8) ride with
+    # the next chunk that has text
+    pending: list[Sampled] = []
     count = 0
     try:
-        for token in tokens:
+        for sampled in tokens:
             if should_stop():
                 finish = "cancelled"
                 break
-            if token in engine.eos_token_ids:
+            if sampled.token in engine.eos_token_ids:
                 finish = "stop"
                 break
             count += 1
-            text, stopped = matcher.feed(detok.add(token))
+            if keep:
+                pending.append(sampled)
+            text, stopped = matcher.feed(detok.add(sampled.token))
             if stopped:
-                yield Chunk(text, count, "stop")
+                yield Chunk(text, count, "stop", tuple(pending))
                 return
             if count >= params.max_tokens:
-                yield Chunk(text + matcher.flush(), count, "length")
+                yield Chunk(text + matcher.flush(), count, "length", tuple(pending))
                 return
             if text:
-                yield Chunk(text, count)
+                yield Chunk(text, count, None, tuple(pending))
+                pending = []
         else:
             # a backend ends its stream early only when cancelled or out of context
             finish = "cancelled" if should_stop() else "length"
@@ -109,7 +119,10 @@ def stream_chunks(
         close = getattr(tokens, "close", None)
         if close is not None:
             close()
-    yield Chunk(matcher.flush() if finish != "cancelled" else "", count, finish)
+    if finish == "cancelled":
+        yield Chunk("", count, finish)
+    else:
+        yield Chunk(matcher.flush(), count, finish, tuple(pending))
 
 
 def complete(
@@ -117,8 +130,11 @@ def complete(
 ) -> Completion:
     """Run one completion to the end and return it whole."""
     parts: list[str] = []
+    sampled: list[Sampled] = []
     last = Chunk("", 0, "length")
     for chunk in stream_chunks(engine, prompt_ids, params, should_stop):
         parts.append(chunk.text)
+        sampled.extend(chunk.tokens)
         last = chunk
-    return Completion("".join(parts), last.completion_tokens, last.finish_reason or "length")
+    finish = last.finish_reason or "length"
+    return Completion("".join(parts), last.completion_tokens, finish, tuple(sampled))

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from server.engine.base import Engine, GenerationParams, ShouldStop
+from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop, TokenConstraint
 from server.engine.templates import end_of_turn_ids
 
 
@@ -52,7 +52,7 @@ class MLXEngine(Engine):
 
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
-    ) -> Iterator[int]:
+    ) -> Iterator[Sampled]:
         from mlx_lm.generate import generate_step
         from mlx_lm.sample_utils import make_sampler
 
@@ -61,6 +61,9 @@ class MLXEngine(Engine):
         mx.random.seed(params.seed if params.seed is not None else random.getrandbits(32))
         sampler = make_sampler(temp=params.temperature, top_p=params.top_p)
         processors = _penalties(mx, params, len(prompt_ids))
+        if params.constraint is not None:
+            # last: the mask has the final word on which ids may be sampled
+            processors.append(_masker(mx, params.constraint(), len(prompt_ids)))
         room = self._context - len(prompt_ids)
         steps = generate_step(
             mx.array(prompt_ids),
@@ -70,8 +73,8 @@ class MLXEngine(Engine):
             logits_processors=processors,
         )
         try:
-            for token, _logprobs in steps:
-                yield int(token)
+            for token, logprobs in steps:
+                yield _sampled(mx, int(token), logprobs, params.top_logprobs)
                 if should_stop():
                     return
         finally:
@@ -106,6 +109,37 @@ def _penalties(mx: Any, params: GenerationParams, n_prompt: int) -> list[Any]:
 
         processors.append(penalize)
     return processors
+
+
+def _sampled(mx: Any, token: int, logprobs: Any, top: int | None) -> Sampled:
+    """The token with its logprob and best alternatives, when the request asked."""
+    if top is None:
+        return Sampled(token)
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = mx.argpartition(-logprobs, kth=top - 1)[:top]
+        values = logprobs[ids].tolist()
+        best = tuple(sorted(zip(ids.tolist(), values, strict=True), key=lambda p: -p[1]))
+    return Sampled(token, float(logprobs[token].item()), best)
+
+
+def _masker(mx: Any, constraint: TokenConstraint, n_prompt: int) -> Any:
+    """A logits processor that keeps only the ids the constraint allows next.
+
+    generate_step calls processors with every token so far; the ones past the prompt
+    that the constraint has not seen yet are fed to it first.
+    """
+    seen = n_prompt
+
+    def mask(tokens: Any, logits: Any) -> Any:
+        nonlocal seen
+        for token in tokens[seen:].tolist():
+            constraint.advance(int(token))
+        seen = tokens.shape[0]
+        allowed = mx.array(constraint.allowed(logits.shape[-1]))
+        return mx.where(allowed, logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+    return mask
 
 
 def _context_length(model_path: Path) -> int:

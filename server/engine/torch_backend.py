@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from server.engine.base import Engine, GenerationParams, ShouldStop
+from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.templates import end_of_turn_ids
 
 
@@ -72,7 +72,7 @@ class TorchEngine(Engine):
 
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
-    ) -> Iterator[int]:
+    ) -> Iterator[Sampled]:
         torch = self._torch
         from transformers import DynamicCache
 
@@ -85,13 +85,19 @@ class TorchEngine(Engine):
             kw = {self._cache_kw: cache, "use_cache": True}
             logits = self.model(input_ids=inputs, **kw).logits
             counts: Any = None
+            constraint = params.constraint() if params.constraint is not None else None
             for _ in range(max(0, min(params.max_tokens, room))):
                 scores = logits[0, -1].float().cpu()
                 scores, counts = _adjust(torch, scores, params, counts)
+                if constraint is not None:
+                    allowed = torch.from_numpy(constraint.allowed(scores.shape[-1]))
+                    scores = scores.masked_fill(~allowed, float("-inf"))
                 token = _sample(torch, scores, params, generator)
-                yield token
+                yield _sampled(torch, token, scores, params.top_logprobs)
                 if should_stop():
                     return
+                if constraint is not None:
+                    constraint.advance(token)
                 counts[token] += 1
                 step = torch.tensor([[token]], device=self.device)
                 logits = self.model(input_ids=step, **kw).logits
@@ -108,6 +114,18 @@ def _adjust(torch: Any, scores: Any, params: GenerationParams, counts: Any) -> t
         scores = scores - params.frequency_penalty * counts
         scores = scores - params.presence_penalty * (counts > 0).float()
     return scores, counts
+
+
+def _sampled(torch: Any, token: int, scores: Any, top: int | None) -> Sampled:
+    """The token with its logprob and best alternatives, when the request asked."""
+    if top is None:
+        return Sampled(token)
+    logprobs = torch.log_softmax(scores, dim=-1)
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        values, ids = torch.topk(logprobs, top)
+        best = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return Sampled(token, float(logprobs[token]), best)
 
 
 def _sample(torch: Any, scores: Any, params: GenerationParams, generator: Any) -> int:

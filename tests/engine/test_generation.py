@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from server.engine.base import Engine, GenerationParams, ShouldStop
+from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.generation import StopMatcher, complete, stream_chunks
 from server.engine.templates import CHATML_TEMPLATE, ChatTemplate
 
@@ -29,11 +29,11 @@ class ScriptedEngine(Engine):
 
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
-    ) -> Iterator[int]:
+    ) -> Iterator[Sampled]:
         try:
             for token in self.script:
                 self.yielded += 1
-                yield token
+                yield Sampled(token)
         finally:
             self.closed = True
 

@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.engine.base import GenerationParams, ShouldStop
+from server.engine.base import GenerationParams, Sampled, ShouldStop
 from server.engine.mlx_backend import MLXEngine
 from server.settings import Settings
 
@@ -22,7 +22,7 @@ class FailingEngine(MLXEngine):
 
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
-    ) -> Iterator[int]:
+    ) -> Iterator[Sampled]:
         inner = super().token_stream(prompt_ids, params, should_stop)
         try:
             for i, token in enumerate(inner):
