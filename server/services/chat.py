@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from server.engine.base import GenerationParams
-from server.engine.generation import Chunk, stream_chunks
 from server.engine.registry import LoadedModel, ModelRegistry
 from server.errors import InvalidRequest
 from server.protocol.chat import (
@@ -20,6 +18,7 @@ from server.protocol.chat import (
     Delta,
 )
 from server.protocol.common import Usage, new_id, now
+from server.services.choices import Producer, choices_producer, fingerprint, usage
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class ChatService:
             created=now(),
             model=chat.request.model,
             choices=choices,
-            usage=_usage(len(chat.prompt_ids), completion_tokens),
+            usage=usage(len(chat.prompt_ids), completion_tokens),
             system_fingerprint=fingerprint(chat.model),
         )
 
@@ -116,36 +115,8 @@ class ChatService:
                 yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
         options = chat.request.stream_options
         if options is not None and options.include_usage:
-            yield chunk([], _usage(len(chat.prompt_ids), completion_tokens))
+            yield chunk([], usage(len(chat.prompt_ids), completion_tokens))
 
 
-def _producer(chat: PreparedChat) -> Callable[[Callable[[], bool]], Iterator[tuple[int, Chunk]]]:
-    """The worker job: the n choices one after another, each with its own seed."""
-
-    def produce(should_stop: Callable[[], bool]) -> Iterator[tuple[int, Chunk]]:
-        # runs on the worker thread, one request at a time: safe to switch adapters here
-        chat.model.engine.activate_adapter(chat.model.adapter)
-        for index in range(chat.n):
-            params = chat.params
-            if params.seed is not None:
-                params = replace(params, seed=params.seed + index)
-            for piece in stream_chunks(chat.model.engine, chat.prompt_ids, params, should_stop):
-                yield index, piece
-            if should_stop():
-                return
-
-    return produce
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
-
-
-def fingerprint(model: LoadedModel) -> str:
-    """Stable per weights and backend, as OpenAI's `system_fingerprint` is per configuration."""
-    digest = hashlib.sha1(f"{model.engine.model_path}|{model.engine.backend}".encode())
-    return f"fp_{digest.hexdigest()[:10]}"
+def _producer(chat: PreparedChat) -> Producer:
+    return choices_producer(chat.model, [chat.prompt_ids], chat.params, chat.n)

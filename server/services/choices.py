@@ -1,0 +1,53 @@
+"""Runs the choices of one request on a model's worker: shared by chat and completions."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+
+from server.engine.base import GenerationParams
+from server.engine.generation import Chunk, stream_chunks
+from server.engine.registry import LoadedModel
+from server.protocol.common import Usage
+
+Producer = Callable[[Callable[[], bool]], Iterator[tuple[int, Chunk]]]
+
+
+def choices_producer(
+    model: LoadedModel, prompts: Sequence[list[int]], params: GenerationParams, n: int
+) -> Producer:
+    """The worker job: `n` choices per prompt, one after another, each with its own seed.
+
+    Choice `i * n + j` is the j-th sample of prompt i, as OpenAI numbers them.
+    """
+
+    def produce(should_stop: Callable[[], bool]) -> Iterator[tuple[int, Chunk]]:
+        # runs on the worker thread, one request at a time: safe to switch adapters here
+        model.engine.activate_adapter(model.adapter)
+        for p, prompt_ids in enumerate(prompts):
+            for j in range(n):
+                choice = params
+                if params.seed is not None:
+                    choice = replace(params, seed=params.seed + j)
+                for piece in stream_chunks(model.engine, prompt_ids, choice, should_stop):
+                    yield p * n + j, piece
+                if should_stop():
+                    return
+
+    return produce
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    """The `usage` object."""
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+def fingerprint(model: LoadedModel) -> str:
+    """Stable per weights and backend, as OpenAI's `system_fingerprint` is per configuration."""
+    digest = hashlib.sha1(f"{model.engine.model_path}|{model.engine.backend}".encode())
+    return f"fp_{digest.hexdigest()[:10]}"
