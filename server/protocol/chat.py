@@ -64,8 +64,6 @@ _UNSUPPORTED: dict[str, Any] = {
     "functions": lambda v: v in (None, []),
     "function_call": lambda v: v in (None, "none"),
     "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
-    "logprobs": lambda v: v in (None, False),
-    "top_logprobs": lambda v: v in (None, 0),
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
@@ -91,6 +89,8 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -123,6 +123,10 @@ class ChatCompletionRequest(BaseModel):
         for name, is_off in _UNSUPPORTED.items():
             if name in extras and not is_off(extras[name]):
                 raise UnsupportedParameter(name)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest(
+                "logprobs must be set to true if top_logprobs is used.", param="top_logprobs"
+            )
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest(
                 "stream_options is only allowed when stream is true.", param="stream_options"
@@ -164,6 +168,7 @@ class ChatCompletionRequest(BaseModel):
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            top_logprobs=(self.top_logprobs or 0) if self.logprobs else None,
         )
 
 
@@ -176,11 +181,31 @@ class AssistantMessage(OpenAIModel):
     refusal: str | None = None
 
 
+class TopLogprob(OpenAIModel):
+    token: str
+    bytes: list[int] | None
+    logprob: float
+
+
+class TokenLogprob(OpenAIModel):
+    """One sampled token's log probability and the best alternatives at its position."""
+
+    token: str
+    bytes: list[int] | None
+    logprob: float
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(OpenAIModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
 class Choice(OpenAIModel):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(OpenAIModel):
@@ -205,7 +230,7 @@ class ChunkChoice(OpenAIModel):
     index: int
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(OpenAIModel):

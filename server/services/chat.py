@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from server.engine.base import GenerationParams
+from server.engine.base import GenerationParams, Sampled
 from server.engine.registry import LoadedModel, ModelRegistry
 from server.errors import InvalidRequest
 from server.protocol.chat import (
@@ -14,11 +14,13 @@ from server.protocol.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
 )
 from server.protocol.common import Usage, new_id, now
 from server.services.choices import Producer, choices_producer, fingerprint, usage
+from server.services.logprobs import LogprobFormatter
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ChatService:
         self._registry = registry
         self._max_n = max_n
         self._default_max_tokens = default_max_tokens
+        self._logprobs = LogprobFormatter()
 
     def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         """Resolve the model and check everything that can fail before generation starts."""
@@ -68,14 +71,21 @@ class ChatService:
         """The whole `chat.completion` object."""
         texts = [""] * chat.n
         finish = ["length"] * chat.n
+        sampled: list[list[Sampled]] = [[] for _ in range(chat.n)]
         completion_tokens = 0
         async for index, chunk in chat.model.worker.stream(_producer(chat)):
             texts[index] += chunk.text
+            sampled[index].extend(chunk.tokens)
             if chunk.finish_reason is not None:
                 finish[index] = chunk.finish_reason
                 completion_tokens += chunk.completion_tokens
         choices = [
-            Choice(index=i, message=AssistantMessage(content=texts[i]), finish_reason=finish[i])
+            Choice(
+                index=i,
+                message=AssistantMessage(content=texts[i]),
+                finish_reason=finish[i],
+                logprobs=self._choice_logprobs(chat, sampled[i]),
+            )
             for i in range(chat.n)
         ]
         return ChatCompletion(
@@ -107,8 +117,10 @@ class ChatService:
             if index not in started:
                 started.add(index)
                 yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-            if piece.text:
-                yield chunk([ChunkChoice(index=index, delta=Delta(content=piece.text))])
+            if piece.text or piece.tokens:
+                logprobs = self._choice_logprobs(chat, piece.tokens)
+                delta = Delta(content=piece.text)
+                yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
             if piece.finish_reason is not None:
                 completion_tokens += piece.completion_tokens
                 reason = piece.finish_reason
@@ -116,6 +128,14 @@ class ChatService:
         options = chat.request.stream_options
         if options is not None and options.include_usage:
             yield chunk([], usage(len(chat.prompt_ids), completion_tokens))
+
+    def _choice_logprobs(
+        self, chat: PreparedChat, tokens: Sequence[Sampled]
+    ) -> ChoiceLogprobs | None:
+        """The choice's (or chunk's) logprobs when the request asked for them."""
+        if chat.params.top_logprobs is None:
+            return None
+        return self._logprobs.chat(chat.model.engine.tokenizer, tokens)
 
 
 def _producer(chat: PreparedChat) -> Producer:

@@ -94,8 +94,8 @@ def test_wrong_values(client: TestClient, field: str, value: Any, param: str) ->
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         ("tool_choice", "required"),
         ("response_format", {"type": "json_object"}),
-        ("logprobs", True),
-        ("top_logprobs", 3),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("prediction", {"type": "content", "content": "x"}),
     ],
 )
 def test_unsupported_parameter_named(client: TestClient, param: str, value: Any) -> None:
