@@ -1,11 +1,18 @@
-"""Prompt rendering through the model's own chat template, ChatML when it has none."""
+"""Prompt rendering through the model's own chat template, ChatML when it has none.
+
+Tools go through the template when it reads a `tools` variable (its own tool format);
+otherwise `server.engine.tools` describes them in a system block and rewrites calls and
+tool results into plain turns.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from server.engine.tools import render_messages, template_takes_tools
 from server.errors import InvalidRequest
 
 CHATML_TEMPLATE = (
@@ -23,12 +30,26 @@ class ChatTemplate:
         self._tokenizer = tokenizer
         self.template: str = tokenizer.chat_template or CHATML_TEMPLATE
         self.is_fallback = tokenizer.chat_template is None
+        #: the template renders `tools` itself
+        self.native_tools = template_takes_tools(self.template)
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """The prompt text, ending with the assistant's generation prompt."""
+    def render(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> str:
+        """The prompt text, ending with the assistant's generation prompt.
+
+        `messages` are OpenAI-shaped (assistant `tool_calls`, `tool` results); `tools` are
+        OpenAI function tools to offer, or None.
+        """
+        turns = render_messages(messages, tools, native=self.native_tools)
+        extra = {"tools": list(tools)} if tools and self.native_tools else {}
         try:
             text = self._tokenizer.apply_chat_template(
-                messages, chat_template=self.template, tokenize=False, add_generation_prompt=True
+                turns,
+                chat_template=self.template,
+                tokenize=False,
+                add_generation_prompt=True,
+                **extra,
             )
         except Exception as exc:  # jinja raises on conversations a template refuses
             raise InvalidRequest(
@@ -36,9 +57,11 @@ class ChatTemplate:
             ) from exc
         return str(text)
 
-    def encode(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
         """Prompt token ids; the template already holds any special tokens it needs."""
-        ids = self._tokenizer.encode(self.render(messages), add_special_tokens=False)
+        ids = self._tokenizer.encode(self.render(messages, tools), add_special_tokens=False)
         return list(ids)
 
 

@@ -10,6 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from server.engine.base import GenerationParams
 from server.errors import InvalidRequest, UnsupportedParameter
 from server.protocol.common import OpenAIModel, Usage
+from server.protocol.tools import (
+    DeltaToolCall,
+    FunctionTool,
+    MessageToolCall,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    ToolUse,
+)
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -39,6 +48,16 @@ class ChatMessage(BaseModel):
     role: Role
     content: str | list[TextPart] | None = None
     name: str | None = None
+    #: an assistant turn's calls, sent back with the conversation
+    tool_calls: list[MessageToolCall] | None = None
+    #: the call a `tool` message answers
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_result_names_its_call(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs the 'tool_call_id' of the call it answers")
+        return self
 
     def text(self) -> str:
         """The message content as one string (text parts joined)."""
@@ -57,13 +76,10 @@ class StreamOptions(BaseModel):
 
 # Known OpenAI parameters not implemented yet: refused with a 400 naming them, unless
 # they carry their "off" value. Maps name -> predicate telling whether a value is "off".
+# The legacy `functions` / `function_call` stay refused: `tools` / `tool_choice` replace them.
 _UNSUPPORTED: dict[str, Any] = {
-    "tools": lambda v: v in (None, []),
-    "tool_choice": lambda v: v in (None, "none"),
-    "parallel_tool_calls": lambda v: v is None,
     "functions": lambda v: v in (None, []),
     "function_call": lambda v: v in (None, "none"),
-    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
@@ -91,6 +107,10 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -131,16 +151,25 @@ class ChatCompletionRequest(BaseModel):
             raise InvalidRequest(
                 "stream_options is only allowed when stream is true.", param="stream_options"
             )
+        self.tool_use()  # a tool_choice that names no offered tool is a 400 now
         return self
 
-    def prompt_messages(self) -> list[dict[str, str]]:
-        """Messages as plain dicts for a chat template (`developer` is a system message)."""
-        out: list[dict[str, str]] = []
+    def tool_use(self) -> ToolUse | None:
+        """How tools take part in this completion; None when they do not."""
+        return ToolUse.of(self.tools or [], self.tool_choice, self.parallel_tool_calls)
+
+    def prompt_messages(self) -> list[dict[str, Any]]:
+        """Messages as OpenAI-shaped dicts (`developer` is a system message), calls included."""
+        out: list[dict[str, Any]] = []
         for m in self.messages:
             role = "system" if m.role == "developer" else m.role
-            msg = {"role": role, "content": m.text()}
+            msg: dict[str, Any] = {"role": role, "content": m.text()}
             if m.name:
                 msg["name"] = m.name
+            if m.tool_calls:
+                msg["tool_calls"] = [call.model_dump() for call in m.tool_calls]
+            if m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
             out.append(msg)
         return out
 
@@ -179,6 +208,8 @@ class AssistantMessage(OpenAIModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    #: left out when there are none (OpenAI's schema has no null here)
+    tool_calls: list[ToolCall] | None = Field(None, exclude_if=lambda calls: calls is None)
 
 
 class TopLogprob(OpenAIModel):
@@ -224,6 +255,7 @@ class ChatCompletion(OpenAIModel):
 class Delta(OpenAIModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(OpenAIModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from server.engine.base import GenerationParams, Sampled
 from server.engine.registry import LoadedModel, ModelRegistry
@@ -19,8 +19,15 @@ from server.protocol.chat import (
     Delta,
 )
 from server.protocol.common import Usage, new_id, now
+from server.protocol.tools import ToolUse
 from server.services.choices import Producer, choices_producer, fingerprint, usage
 from server.services.logprobs import LogprobFormatter
+from server.services.structured import (
+    ToolCallStream,
+    build_constraint,
+    finish_reason,
+    message_parts,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class PreparedChat:
     prompt_ids: list[int]
     params: GenerationParams
     n: int
+    #: how tools take part (None: the answer is plain text or the response_format's JSON)
+    tools: ToolUse | None = None
 
 
 class ChatService:
@@ -56,7 +65,9 @@ class ChatService:
                 f"logit_bias names a token id outside the vocabulary (size {vocab}).",
                 param="logit_bias",
             )
-        prompt_ids = model.template.encode(request.prompt_messages())
+        tools = request.tool_use()
+        offered = [t.model_dump(exclude_none=True) for t in request.tools or []]
+        prompt_ids = model.template.encode(request.prompt_messages(), offered if tools else None)
         context = model.engine.context_length
         if len(prompt_ids) >= context:
             raise InvalidRequest(
@@ -65,35 +76,40 @@ class ChatService:
                 param="messages",
                 code="context_length_exceeded",
             )
-        return PreparedChat(request, model, prompt_ids, params, n)
+        params = replace(params, constraint=build_constraint(request, tools, model.engine))
+        return PreparedChat(request, model, prompt_ids, params, n, tools)
 
     async def complete(self, chat: PreparedChat) -> ChatCompletion:
         """The whole `chat.completion` object."""
         texts = [""] * chat.n
         finish = ["length"] * chat.n
         sampled: list[list[Sampled]] = [[] for _ in range(chat.n)]
-        completion_tokens = 0
+        completion_tokens = cached = 0
         async for index, chunk in chat.model.worker.stream(_producer(chat)):
             texts[index] += chunk.text
             sampled[index].extend(chunk.tokens)
             if chunk.finish_reason is not None:
                 finish[index] = chunk.finish_reason
                 completion_tokens += chunk.completion_tokens
-        choices = [
-            Choice(
-                index=i,
-                message=AssistantMessage(content=texts[i]),
-                finish_reason=finish[i],
-                logprobs=self._choice_logprobs(chat, sampled[i]),
+                if index == 0:  # the prompt is counted once, as its first reading found it
+                    cached = chunk.cached_tokens
+        choices = []
+        for i in range(chat.n):
+            content, calls = message_parts(texts[i], chat.tools)
+            choices.append(
+                Choice(
+                    index=i,
+                    message=AssistantMessage(content=content, tool_calls=calls),
+                    finish_reason=finish_reason(finish[i], len(calls or [])),
+                    logprobs=self._choice_logprobs(chat, sampled[i]),
+                )
             )
-            for i in range(chat.n)
-        ]
         return ChatCompletion(
             id=new_id("chatcmpl"),
             created=now(),
             model=chat.request.model,
             choices=choices,
-            usage=usage(len(chat.prompt_ids), completion_tokens),
+            usage=usage(len(chat.prompt_ids), completion_tokens, cached),
             system_fingerprint=fingerprint(chat.model),
         )
 
@@ -112,22 +128,34 @@ class ChatService:
             )
 
         started: set[int] = set()
-        completion_tokens = 0
+        calls: dict[int, ToolCallStream] = {}
+        completion_tokens = cached = 0
         async for index, piece in chat.model.worker.stream(_producer(chat)):
             if index not in started:
                 started.add(index)
+                if chat.tools is not None:
+                    calls[index] = ToolCallStream(chat.tools)
                 yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-            if piece.text or piece.tokens:
+            parser = calls.get(index)
+            text, fragments = parser.feed(piece.text) if parser else (piece.text, None)
+            if text or fragments or piece.tokens:
                 logprobs = self._choice_logprobs(chat, piece.tokens)
-                delta = Delta(content=piece.text)
+                delta = Delta(content=text, tool_calls=fragments)
                 yield chunk([ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
             if piece.finish_reason is not None:
                 completion_tokens += piece.completion_tokens
-                reason = piece.finish_reason
+                if index == 0:
+                    cached = piece.cached_tokens
+                if parser is not None:
+                    text, fragments = parser.finish()
+                    if text or fragments:
+                        delta = Delta(content=text, tool_calls=fragments)
+                        yield chunk([ChunkChoice(index=index, delta=delta)])
+                reason = finish_reason(piece.finish_reason, parser.calls if parser else 0)
                 yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
         options = chat.request.stream_options
         if options is not None and options.include_usage:
-            yield chunk([], usage(len(chat.prompt_ids), completion_tokens))
+            yield chunk([], usage(len(chat.prompt_ids), completion_tokens, cached))
 
     def _choice_logprobs(
         self, chat: PreparedChat, tokens: Sequence[Sampled]

@@ -91,9 +91,8 @@ def test_wrong_values(client: TestClient, field: str, value: Any, param: str) ->
 @pytest.mark.parametrize(
     ("param", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-        ("tool_choice", "required"),
-        ("response_format", {"type": "json_object"}),
+        ("functions", [{"name": "f", "parameters": {}}]),
+        ("function_call", "auto"),
         ("audio", {"voice": "alloy", "format": "wav"}),
         ("prediction", {"type": "content", "content": "x"}),
     ],
@@ -176,6 +175,6 @@ def test_errors_through_the_sdk(tiny_server: LiveServer) -> None:
         client.chat.completions.create(
             model=tiny_server.model,
             messages=MSG,  # type: ignore[arg-type]
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            extra_body={"functions": [{"name": "f", "parameters": {}}]},
         )
-    assert unsupported.value.param == "tools"
+    assert unsupported.value.param == "functions"

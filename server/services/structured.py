@@ -1,0 +1,177 @@
+"""Structured output and tool calls of chat completions.
+
+Builds the grammar a request asks for (`response_format`, `tools` + `tool_choice`) and
+turns the constrained model text back into OpenAI's `tool_calls`, whole or streamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from server.engine.base import Engine
+from server.engine.constraints import (
+    ConstraintFactory,
+    Grammar,
+    GrammarCompiler,
+    ToolSpec,
+    compiler_for,
+    json_schema_grammar,
+    tool_call_grammar,
+)
+from server.engine.tools import (
+    CLOSE_TAG,
+    OPEN_TAG,
+    ArgumentsDelta,
+    CallStart,
+    Event,
+    TextDelta,
+    ToolCallParser,
+    parse_message,
+)
+from server.errors import InvalidRequest
+from server.protocol.chat import ChatCompletionRequest
+from server.protocol.tools import (
+    DeltaFunction,
+    DeltaToolCall,
+    ToolCall,
+    ToolCallFunction,
+    ToolUse,
+)
+
+
+def build_constraint(
+    request: ChatCompletionRequest, tools: ToolUse | None, engine: Engine
+) -> ConstraintFactory | None:
+    """The grammar of this request, compiled for the model; None when output is free.
+
+    `required` / named tool choices: calls only. `auto`: text (or the JSON answer
+    `response_format` asks for) or valid calls. No tools: the response format alone.
+    """
+    answer = _answer_grammar(request)
+    if tools is None and answer is None:
+        return None
+    param = "response_format" if tools is None else "tools"
+    compiler = compiler_for(engine.tokenizer, engine.eos_token_ids, param)
+    if tools is None:
+        assert answer is not None
+        return compiler.compile(answer)
+    if answer is not None and tools.mode == "auto":
+        compiler.compile(answer)  # a bad response_format schema is named as such
+    specs = [ToolSpec(f.name, f.arguments_schema(), bool(f.strict)) for f in tools.callable]
+    schema, strict = _answer_schema(request)
+    grammar = tool_call_grammar(
+        specs,
+        mode=tools.mode,
+        parallel=tools.parallel,
+        open_tag=OPEN_TAG,
+        close_tag=CLOSE_TAG,
+        answer_schema=schema,
+        answer_strict=strict,
+    )
+    try:
+        return compiler.compile(grammar)
+    except InvalidRequest:
+        _name_bad_tool(compiler, request, specs)
+        raise
+
+
+def _answer_schema(request: ChatCompletionRequest) -> tuple[dict[str, Any] | None, bool]:
+    """The JSON schema the answer must follow (None: free text) and its strictness."""
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None, False
+    if fmt.json_schema is None or fmt.type == "json_object":
+        return {"type": "object"}, False
+    spec = fmt.json_schema
+    return (spec.schema_ if spec.schema_ is not None else {}), bool(spec.strict)
+
+
+def _answer_grammar(request: ChatCompletionRequest) -> Grammar | None:
+    schema, strict = _answer_schema(request)
+    return None if schema is None else json_schema_grammar(schema, strict=strict)
+
+
+def _name_bad_tool(
+    compiler: GrammarCompiler, request: ChatCompletionRequest, specs: Sequence[ToolSpec]
+) -> None:
+    """Raise a 400 naming the first tool whose parameters schema does not compile."""
+    names = [tool.function.name for tool in request.tools or []]
+    for spec in specs:
+        try:
+            compiler.compile(json_schema_grammar(spec.parameters, strict=spec.strict))
+        except InvalidRequest as exc:
+            i = names.index(spec.name)
+            raise InvalidRequest(
+                f"Invalid parameters schema for function '{spec.name}': "
+                f"{exc.message.split(': ', 1)[-1]}",
+                param=f"tools[{i}].function.parameters",
+            ) from None
+
+
+def finish_reason(reason: str, calls: int) -> str:
+    """`tool_calls` when a turn that ended by itself made calls."""
+    return "tool_calls" if calls and reason == "stop" else reason
+
+
+def message_parts(text: str, tools: ToolUse | None) -> tuple[str | None, list[ToolCall] | None]:
+    """A whole completion's `content` and `tool_calls` (None when it made no call).
+
+    With calls, blank text becomes null content, as OpenAI's tool-call messages have.
+    """
+    if tools is None:
+        return text, None
+    parsed = parse_message(text, [f.name for f in tools.callable])
+    if not parsed.calls:
+        return parsed.content, None
+    calls = [
+        ToolCall(id=cid, function=ToolCallFunction(name=name, arguments=args))
+        for cid, name, args in parsed.calls
+    ]
+    return parsed.content or None, calls
+
+
+class ToolCallStream:
+    """Turns one choice's streamed text into `content` and `delta.tool_calls` pieces."""
+
+    def __init__(self, tools: ToolUse) -> None:
+        self._parser = ToolCallParser([f.name for f in tools.callable])
+
+    @property
+    def calls(self) -> int:
+        """Calls begun so far."""
+        return self._parser.calls
+
+    def feed(self, text: str) -> tuple[str | None, list[DeltaToolCall] | None]:
+        """The content and tool-call fragments this text completes."""
+        return _deltas(self._parser.feed(text))
+
+    def finish(self) -> tuple[str | None, list[DeltaToolCall] | None]:
+        """What was held back, at the end of the choice."""
+        return _deltas(self._parser.finish())
+
+
+def _deltas(events: Sequence[Event]) -> tuple[str | None, list[DeltaToolCall] | None]:
+    """Events as one chunk's content and fragments (one fragment per call touched).
+
+    A call's first fragment carries `id`, `type` and the function name with the
+    arguments so far (maybe ""), later ones only argument pieces, as OpenAI sends them.
+    """
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    fragments: dict[int, DeltaToolCall] = {}
+    for event in events:
+        if isinstance(event, CallStart):
+            fragments[event.index] = DeltaToolCall(
+                index=event.index,
+                id=event.id,
+                type="function",
+                function=DeltaFunction(name=event.name, arguments=""),
+            )
+        elif isinstance(event, ArgumentsDelta):
+            fragment = fragments.get(event.index)
+            if fragment is None:
+                fragment = DeltaToolCall(index=event.index, function=DeltaFunction(arguments=""))
+                fragments[event.index] = fragment
+            assert fragment.function is not None
+            fragment.function.arguments = (fragment.function.arguments or "") + event.text
+    return (text or None), (list(fragments.values()) or None)
