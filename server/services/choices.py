@@ -9,7 +9,7 @@ from dataclasses import replace
 from server.engine.base import GenerationParams
 from server.engine.generation import Chunk, stream_chunks
 from server.engine.registry import LoadedModel
-from server.protocol.common import Usage
+from server.protocol.common import PromptTokensDetails, Usage
 
 Producer = Callable[[Callable[[], bool]], Iterator[tuple[int, Chunk]]]
 
@@ -38,12 +38,13 @@ def choices_producer(
     return produce
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    """The `usage` object."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+    """The `usage` object; `cached_tokens` were read from the engine's prompt cache."""
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
 

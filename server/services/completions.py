@@ -1,0 +1,355 @@
+"""Legacy completions: raw prompts (no chat template), fill-in-the-middle, echo, logprobs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tokenizers.decoders import DecodeStream
+
+from server.engine.base import Engine, GenerationParams, Sampled
+from server.engine.detokenizer import Detokenizer
+from server.engine.fim import FimTokens, document_end_ids, find_fim_tokens
+from server.engine.generation import Chunk
+from server.engine.registry import LoadedModel, ModelRegistry
+from server.engine.token_bytes import TokenBytes
+from server.errors import InvalidRequest
+from server.protocol.common import new_id, now
+from server.protocol.completions import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    FinishReason,
+)
+from server.services.choices import Producer, choices_producer, fingerprint, usage
+
+#: OpenAI's value for "very unlikely"; JSON has no -inf
+FLOOR = -9999.0
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What completions need to know about one model's tokenizer, computed once."""
+
+    tokenizer: Any
+    vocab_size: int
+    #: ids the tokenizer puts before any text (bos), kept out of echoed tokens
+    lead: list[int]
+    #: the prompt for an empty one: "generate as if from the start of a new document"
+    document_start: list[int]
+    document_ends: frozenset[int]
+    fim: FimTokens | None
+    token_bytes: TokenBytes
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> TokenizerFacts:
+        bos = tokenizer.bos_token_id
+        adds_bos = bos is not None and tokenizer.encode("a", add_special_tokens=True)[:1] == [bos]
+        lead = [int(bos)] if adds_bos else []
+        ends = document_end_ids(tokenizer)
+        eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+        start = lead or sorted(ends)[:1] or eos
+        return cls(
+            tokenizer, len(tokenizer), lead, start, ends, find_fim_tokens(tokenizer),
+            TokenBytes(tokenizer),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    """One prompt: what the engine reads, and what `echo` gives back."""
+
+    ids: list[int]
+    echo_text: str
+    echo_ids: list[int]
+
+
+@dataclass(frozen=True)
+class PreparedCompletion:
+    """A validated request bound to a model, its prompts already tokenized."""
+
+    request: CompletionRequest
+    model: LoadedModel
+    facts: TokenizerFacts
+    prompts: list[PromptInput]
+    params: GenerationParams
+    #: choices returned per prompt, and completions generated per prompt (best_of)
+    n: int
+    candidates: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.ids) for p in self.prompts)
+
+
+@dataclass
+class _Result:
+    text: str = ""
+    finish: str = "length"
+    tokens: list[Sampled] = field(default_factory=list)
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class CompletionService:
+    """Runs legacy completions on the registry's models."""
+
+    def __init__(self, registry: ModelRegistry, *, max_n: int) -> None:
+        self._registry = registry
+        self._max_n = max_n
+        # per engine (adapter models share their base's); the engine is kept alive with it
+        self._facts: dict[int, tuple[Engine, TokenizerFacts]] = {}
+
+    def prepare(self, request: CompletionRequest) -> PreparedCompletion:
+        """Resolve the model and check everything that can fail before generation starts."""
+        model = self._registry.get(request.model)
+        for name, value in (("n", request.n), ("best_of", request.best_of)):
+            if value is not None and value > self._max_n:
+                raise InvalidRequest(f"{name} must be at most {self._max_n} here.", param=name)
+        facts = self._facts_of(model.engine)
+        params = request.to_generation_params(model.sampling)
+        if any(token_id >= facts.vocab_size for token_id in params.logit_bias):
+            raise InvalidRequest(
+                f"logit_bias names a token id outside the vocabulary (size {facts.vocab_size}).",
+                param="logit_bias",
+            )
+        ends = set(facts.document_ends)
+        if request.suffix is not None:
+            if facts.fim is None:
+                raise InvalidRequest(
+                    f"The model '{request.model}' has no fill-in-the-middle tokens, so it "
+                    "cannot complete with a suffix.",
+                    param="suffix",
+                    code="fim_not_supported",
+                )
+            ends |= facts.fim.ends
+        prompts = [self._prompt(facts, p, request.suffix) for p in request.prompts()]
+        context = model.engine.context_length
+        for p in prompts:
+            if len(p.ids) >= context:
+                raise InvalidRequest(
+                    f"This model's maximum context length is {context} tokens, but the prompt "
+                    f"has {len(p.ids)} tokens.",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+        params = replace(params, stop_token_ids=frozenset(ends - model.engine.eos_token_ids))
+        n, candidates = request.choices_per_prompt, request.candidates_per_prompt
+        return PreparedCompletion(request, model, facts, prompts, params, n, candidates)
+
+    async def complete(self, job: PreparedCompletion) -> Completion:
+        """The whole `text_completion` object."""
+        results = [_Result() for _ in range(len(job.prompts) * job.candidates)]
+        async for index, chunk in job.model.worker.stream(_producer(job)):
+            result = results[index]
+            result.text += chunk.text
+            result.tokens.extend(chunk.tokens)
+            if chunk.finish_reason is not None:
+                result.finish = chunk.finish_reason
+                result.completion_tokens = chunk.completion_tokens
+                result.cached_tokens = chunk.cached_tokens
+        choices = []
+        for p, prompt in enumerate(job.prompts):
+            mine = results[p * job.candidates : (p + 1) * job.candidates]
+            for j, result in enumerate(_best(mine, job.n)):
+                logprobs = None
+                if job.request.logprobs is not None:
+                    writer = LogprobWriter(job.facts)
+                    logprobs = _join(
+                        writer.echo(prompt) if job.request.echo else None,
+                        writer.add(result.tokens, result.text),
+                    )
+                text = prompt.echo_text + result.text if job.request.echo else result.text
+                choices.append(
+                    CompletionChoice(
+                        text=text,
+                        index=p * job.n + j,
+                        logprobs=logprobs,
+                        finish_reason=_finish(result.finish),
+                    )
+                )
+        generated = sum(r.completion_tokens for r in results)
+        # each prompt is counted once, as its first reading found the prompt cache
+        cached = sum(r.cached_tokens for r in results[:: job.candidates])
+        return Completion(
+            id=new_id("cmpl"),
+            created=now(),
+            model=job.request.model,
+            choices=choices,
+            usage=usage(job.prompt_tokens, generated, cached),
+            system_fingerprint=fingerprint(job.model),
+        )
+
+    async def stream(self, job: PreparedCompletion) -> AsyncIterator[Completion]:
+        """`text_completion` chunks: the echoed prompt, text pieces, then the usage."""
+        cid, created, fp = new_id("cmpl"), now(), fingerprint(job.model)
+
+        def chunk(choices: list[CompletionChoice], tokens: int | None = None) -> Completion:
+            counted = None if tokens is None else usage(job.prompt_tokens, tokens, cached)
+            return Completion(
+                id=cid,
+                created=created,
+                model=job.request.model,
+                choices=choices,
+                system_fingerprint=fp,
+                usage=counted,
+            )
+
+        want_logprobs = job.request.logprobs is not None
+        writers: dict[int, LogprobWriter] = {}
+        generated = cached = 0
+        async for index, piece in job.model.worker.stream(_producer(job)):
+            writer = writers.get(index)
+            if writer is None:
+                writer = writers[index] = LogprobWriter(job.facts)
+                if job.request.echo:
+                    prompt = job.prompts[index // job.n]
+                    logprobs = writer.echo(prompt) if want_logprobs else None
+                    text = prompt.echo_text
+                    yield chunk([CompletionChoice(text=text, index=index, logprobs=logprobs)])
+            if piece.finish_reason is None and not piece.text:
+                continue
+            finish = None
+            if piece.finish_reason is not None:
+                generated += piece.completion_tokens
+                if index % job.n == 0:
+                    cached += piece.cached_tokens
+                finish = _finish(piece.finish_reason)
+            logprobs = writer.add(piece.tokens, piece.text) if want_logprobs else None
+            choice = CompletionChoice(
+                text=piece.text, index=index, logprobs=logprobs, finish_reason=finish
+            )
+            yield chunk([choice])
+        options = job.request.stream_options
+        if options is not None and options.include_usage:
+            yield chunk([], generated)
+
+    def _facts_of(self, engine: Engine) -> TokenizerFacts:
+        entry = self._facts.get(id(engine))
+        if entry is None:
+            entry = self._facts[id(engine)] = (engine, TokenizerFacts.of(engine.tokenizer))
+        return entry[1]
+
+    @staticmethod
+    def _prompt(facts: TokenizerFacts, prompt: str | list[int], suffix: str | None) -> PromptInput:
+        tokenizer = facts.tokenizer
+        if isinstance(prompt, str):
+            lead, body = facts.lead, list(tokenizer.encode(prompt, add_special_tokens=False))
+            text = prompt
+        else:
+            if any(t >= facts.vocab_size for t in prompt):
+                raise InvalidRequest(
+                    f"The prompt has a token id outside the vocabulary (size {facts.vocab_size}).",
+                    param="prompt",
+                )
+            # the caller's own bos stays in front of the FIM markers
+            cut = 1 if facts.lead and prompt[:1] == facts.lead else 0
+            lead, body = prompt[:cut], prompt[cut:]
+            text = tokenizer.decode(prompt)
+        if suffix is not None and facts.fim is not None:
+            tail = tokenizer.encode(suffix, add_special_tokens=False)
+            return PromptInput(facts.fim.prompt(lead, body, tail), text, body)
+        ids = [*lead, *body] or facts.document_start
+        if not ids:
+            raise InvalidRequest("The prompt is empty.", param="prompt")
+        return PromptInput(ids, text, body if isinstance(prompt, str) else list(prompt))
+
+
+def _producer(job: PreparedCompletion) -> Producer:
+    if job.params.max_tokens == 0:
+        # nothing to generate (echo-only requests): skip the prompt pass
+        count = len(job.prompts) * job.candidates
+
+        def nothing(_stop: Any) -> Iterator[tuple[int, Chunk]]:
+            for index in range(count):
+                yield index, Chunk("", 0, "length")
+
+        return nothing
+    prompts = [p.ids for p in job.prompts]
+    return choices_producer(job.model, prompts, job.params, job.candidates)
+
+
+def _best(candidates: list[_Result], n: int) -> list[_Result]:
+    """best_of: the n candidates with the highest mean log probability per token."""
+    if len(candidates) == n:
+        return candidates
+
+    def score(result: _Result) -> float:
+        logprobs = [s.logprob for s in result.tokens if s.logprob is not None]
+        return sum(logprobs) / len(logprobs) if logprobs else 0.0
+
+    return sorted(candidates, key=score, reverse=True)[:n]
+
+
+def _finish(reason: str) -> FinishReason:
+    return "length" if reason == "length" else "stop"
+
+
+class LogprobWriter:
+    """One choice's `logprobs`, piece by piece, with offsets into the choice's `text`.
+
+    Offsets come from decoding the tokens one after another (a token that ends
+    inside a UTF-8 character starts where the character does) and never pass the
+    text already returned, which a stop string may have cut short.
+    """
+
+    def __init__(self, facts: TokenizerFacts) -> None:
+        self._facts = facts
+        self._detok = Detokenizer(facts.tokenizer)
+        self._base = 0  # length of the echoed prompt
+        self._decoded = 0  # completion characters decoded so far
+        self._returned = 0  # completion characters returned so far
+
+    def echo(self, prompt: PromptInput) -> CompletionLogprobs:
+        """The prompt's tokens; their logprobs are null (the engine scores no prompt)."""
+        stream = DecodeStream(skip_special_tokens=False)
+        backend = self._facts.tokenizer.backend_tokenizer
+        offsets, decoded = [], 0
+        for token in prompt.echo_ids:
+            offsets.append(min(decoded, len(prompt.echo_text)))
+            decoded += len(stream.step(backend, token) or "")
+        self._base = len(prompt.echo_text)
+        return CompletionLogprobs(
+            tokens=[self._text(t) for t in prompt.echo_ids],
+            token_logprobs=[None] * len(offsets),
+            top_logprobs=[None] * len(offsets),
+            text_offset=offsets,
+        )
+
+    def add(self, sampled: Sequence[Sampled], text: str) -> CompletionLogprobs:
+        """The logprobs of these sampled tokens, which produced `text`."""
+        self._returned += len(text)
+        out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+        for s in sampled:
+            out.text_offset.append(self._base + min(self._decoded, self._returned))
+            self._decoded += len(self._detok.add(s.token))
+            out.tokens.append(self._text(s.token))
+            logprob = max(s.logprob, FLOOR) if s.logprob is not None else None
+            out.token_logprobs.append(logprob)
+            top = {self._text(t): max(lp, FLOOR) for t, lp in s.top}
+            # OpenAI always reports the sampled token too: up to logprobs + 1 entries
+            if logprob is not None:
+                top.setdefault(self._text(s.token), logprob)
+            out.top_logprobs.append(top)
+        return out
+
+    def _text(self, token: int) -> str:
+        """The token as text; a piece of a UTF-8 character as `bytes:\\xNN`, as OpenAI does."""
+        _, raw = self._facts.token_bytes(token)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def _join(a: CompletionLogprobs | None, b: CompletionLogprobs) -> CompletionLogprobs:
+    if a is None:
+        return b
+    return CompletionLogprobs(
+        tokens=a.tokens + b.tokens,
+        token_logprobs=a.token_logprobs + b.token_logprobs,
+        top_logprobs=a.top_logprobs + b.top_logprobs,
+        text_offset=a.text_offset + b.text_offset,
+    )
