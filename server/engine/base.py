@@ -28,6 +28,8 @@ class GenerationParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     #: None: no log probabilities; k (0-20): each token's logprob and its k best alternatives
     top_logprobs: int | None = None
+    #: ids that end this completion besides the engine's eos (e.g. a FIM end token)
+    stop_token_ids: frozenset[int] = frozenset()
     #: makes a fresh grammar state per completion; None: unconstrained
     constraint: Callable[[], TokenConstraint] | None = None
 
@@ -69,7 +71,15 @@ class Sampled:
     logprob: float | None = None
     #: the most likely ids and their logprobs, best first (len = params.top_logprobs)
     top: tuple[tuple[int, float], ...] = ()
+    #: on a completion's first token only: how many prompt tokens the backend took
+    #: from its prompt cache instead of running the model over them (None: unknown)
+    cached_tokens: int | None = None
 
+
+#: Yielded by a backend's `token_stream` in place of a token, to hand the worker thread
+#: to the other open streams first: a batching backend pauses once before its first
+#: step so that requests arriving together are prefilled together. Compare with `is`.
+PAUSE = Sampled(-1)
 
 ShouldStop = Callable[[], bool]
 
@@ -97,6 +107,7 @@ class Engine(abc.ABC):
 
         The caller stops iterating at eos, a stop string or the token limit, and
         closes the generator; a backend must release its per-request state then.
+        A backend may also yield `PAUSE` (no token) to let other streams run first.
         """
 
     def activate_adapter(self, adapter_dir: Path | None) -> None:
@@ -110,6 +121,15 @@ class Engine(abc.ABC):
     def context_length(self) -> int:
         """Maximum positions the model takes (prompt + completion)."""
         return 2048
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many token streams the worker may interleave (1: one request at a time).
+
+        Above 1 the backend batches the streams open at once; it must keep each
+        stream's state apart (its own sampler, seed, penalties and constraint).
+        """
+        return 1
 
     def describe(self) -> str:
         """One line for the log: backend, device, dtype."""

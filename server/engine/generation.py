@@ -7,22 +7,32 @@ it is known not to be one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
+from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.detokenizer import Detokenizer
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of completion text; the last chunk of a completion has `finish_reason`."""
+    """A piece of completion text; the last chunk of a completion has `finish_reason`.
+
+    A chunk before the first token may be empty (no text, no tokens, no finish): the
+    backend paused to let other streams start (see `base.PAUSE`); skip it.
+    """
 
     text: str
     completion_tokens: int
     finish_reason: str | None = None
     #: the sampled tokens behind this text, when the request asked for logprobs
     tokens: tuple[Sampled, ...] = ()
+    #: prompt tokens served from the engine's prompt cache, on every chunk of the
+    #: completion (OpenAI's `usage.prompt_tokens_details.cached_tokens`)
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str
     tokens: tuple[Sampled, ...] = ()
+    cached_tokens: int = 0
 
 
 class StopMatcher:
@@ -90,13 +101,19 @@ def stream_chunks(
     # tokens whose text is held back (partial stop string, partial UTF-8) ride with
     # the next chunk that has text
     pending: list[Sampled] = []
-    count = 0
+    count = cached = 0
     try:
         for sampled in tokens:
+            if sampled is PAUSE:
+                # hand the worker to the other streams (an empty chunk, skipped downstream)
+                yield Chunk("", count)
+                continue
+            if sampled.cached_tokens is not None:
+                cached = sampled.cached_tokens
             if should_stop():
                 finish = "cancelled"
                 break
-            if sampled.token in engine.eos_token_ids:
+            if sampled.token in engine.eos_token_ids or sampled.token in params.stop_token_ids:
                 finish = "stop"
                 break
             count += 1
@@ -104,13 +121,13 @@ def stream_chunks(
                 pending.append(sampled)
             text, stopped = matcher.feed(detok.add(sampled.token))
             if stopped:
-                yield Chunk(text, count, "stop", tuple(pending))
+                yield Chunk(text, count, "stop", tuple(pending), cached)
                 return
             if count >= params.max_tokens:
-                yield Chunk(text + matcher.flush(), count, "length", tuple(pending))
+                yield Chunk(text + matcher.flush(), count, "length", tuple(pending), cached)
                 return
             if text:
-                yield Chunk(text, count, None, tuple(pending))
+                yield Chunk(text, count, None, tuple(pending), cached)
                 pending = []
         else:
             # a backend ends its stream early only when cancelled or out of context
@@ -120,9 +137,9 @@ def stream_chunks(
         if close is not None:
             close()
     if finish == "cancelled":
-        yield Chunk("", count, finish)
+        yield Chunk("", count, finish, (), cached)
     else:
-        yield Chunk(matcher.flush(), count, finish, tuple(pending))
+        yield Chunk(matcher.flush(), count, finish, tuple(pending), cached)
 
 
 def complete(
@@ -137,4 +154,30 @@ def complete(
         sampled.extend(chunk.tokens)
         last = chunk
     finish = last.finish_reason or "length"
-    return Completion("".join(parts), last.completion_tokens, finish, tuple(sampled))
+    return Completion(
+        "".join(parts), last.completion_tokens, finish, tuple(sampled), last.cached_tokens
+    )
+
+
+def interleave(streams: Sequence[Iterator[T]]) -> Iterator[tuple[int, T]]:
+    """Round-robin over several streams on this thread: (stream index, item), one each in turn.
+
+    For an engine that batches (`engine.max_concurrency > 1`) this lets the choices of
+    one request (`n`, several prompts) decode together; an engine that does not must
+    run its streams one after another instead. Closing this closes them all.
+    """
+    live = dict(enumerate(streams))
+    try:
+        while live:
+            for index, stream in list(live.items()):
+                try:
+                    item = next(stream)
+                except StopIteration:
+                    del live[index]
+                    continue
+                yield index, item
+    finally:
+        for stream in live.values():
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()

@@ -4,6 +4,11 @@ All model work for an engine runs on its worker thread (MLX streams and torch
 caches are not shared across threads). A consumer that stops listening, e.g. a
 client that disconnects, sets the job's cancel flag; the producer checks it
 between tokens, so generation stops within a token or two.
+
+By default jobs run one at a time. With `concurrency` above 1 (an engine that
+batches, see `Engine.max_concurrency`) up to that many jobs are active at once and
+the thread advances them round-robin, one item each per round: their token streams
+meet in the engine's batch, which decodes them together.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -29,14 +35,32 @@ class _Job(Generic[T]):
     produce: Callable[[Callable[[], bool]], Iterator[T]]
     push: Callable[[tuple[str, Any]], None]
     cancel: threading.Event = field(default_factory=threading.Event)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+_local = threading.local()
+
+
+def job_state() -> dict[str, Any]:
+    """State private to the job this worker thread is advancing right now.
+
+    Jobs interleave on one thread, so per-request engine settings (e.g. which adapter
+    `activate_adapter` chose) must live here rather than on the shared engine. Outside
+    any job (direct calls) it is one dict per thread.
+    """
+    state: dict[str, Any] | None = getattr(_local, "state", None)
+    if state is None:
+        state = _local.state = {}
+    return state
 
 
 class GenerationWorker:
-    """Runs jobs one at a time, in submission order, on a dedicated thread."""
+    """Runs jobs in submission order on a dedicated thread, `concurrency` at a time."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, concurrency: int = 1) -> None:
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._busy = threading.Event()
+        self._concurrency = max(1, concurrency)
         self._thread = threading.Thread(target=self._run, name=f"pomar-{name}", daemon=True)
         self._thread.start()
 
@@ -44,6 +68,16 @@ class GenerationWorker:
     def busy(self) -> bool:
         """True while a job is being produced."""
         return self._busy.is_set()
+
+    @property
+    def concurrency(self) -> int:
+        """How many jobs may be active at once (1: strictly one after another)."""
+        return self._concurrency
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:
+        # read by the thread before it admits each job: takes effect at the next one
+        self._concurrency = max(1, value)
 
     def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Run one plain function on the worker thread (e.g. loading weights)."""
@@ -93,21 +127,69 @@ class GenerationWorker:
         self._jobs.put(None)
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.cancel.is_set():
-                continue  # the client left while the job waited in the queue
+        active: list[tuple[_Job[Any], Iterator[Any]]] = []
+        waiting: deque[_Job[Any]] = deque()
+        closing = False
+        while True:
+            closing = self._take(waiting, block=not active and not waiting) or closing
+            while waiting and len(active) < self._concurrency:
+                job = waiting.popleft()
+                if not job.cancel.is_set():  # else the client left while it waited
+                    active.append((job, iter(job.produce(job.cancel.is_set))))
+            if not active:
+                if closing and not waiting:
+                    return
+                continue
             self._busy.set()
-            try:
-                for item in job.produce(job.cancel.is_set):
-                    job.push((_ITEM, item))
-                    if job.cancel.is_set():
-                        break
-                job.push((_DONE, None))
-            except Exception as exc:  # handed to the awaiting request, not lost
-                log.exception("generation failed")
-                job.push((_ERROR, exc))
-            finally:
+            for entry in list(active):
+                if not self._advance(*entry):
+                    active.remove(entry)
+            if not active:
                 self._busy.clear()
+
+    def _take(self, waiting: deque[_Job[Any]], *, block: bool) -> bool:
+        """Move queued jobs to `waiting` (waiting for one if `block`); True: close asked."""
+        closing = False
+        while True:
+            try:
+                job = self._jobs.get(block=block)
+            except queue.Empty:
+                return closing
+            block = False
+            if job is None:
+                closing = True
+            else:
+                waiting.append(job)
+
+    @staticmethod
+    def _advance(job: _Job[Any], items: Iterator[Any]) -> bool:
+        """Hand the job's next item over; False once the job is over."""
+        _local.state = job.state
+        try:
+            item = next(items)
+        except StopIteration:
+            job.push((_DONE, None))
+            return False
+        except Exception as exc:  # handed to the awaiting request, not lost
+            log.exception("generation failed")
+            job.push((_ERROR, exc))
+            return False
+        job.push((_ITEM, item))
+        if job.cancel.is_set():
+            _close(items)
+            job.push((_DONE, None))
+            return False
+        return True
+
+
+def _close(items: Iterator[Any]) -> None:
+    """Close a producer now, so it releases its engine state (e.g. its batch slot)."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("closing a generation failed")
 
 
 def _threadsafe(
