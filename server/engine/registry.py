@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.engine.base import Engine
 from server.engine.templates import ChatTemplate
 from server.engine.worker import GenerationWorker
-from server.errors import ModelLoadError, ModelNotFound
+from server.errors import InvalidRequest, ModelLoadError, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,10 @@ class LoadedModel:
 
 
 def resolve_model_path(model: str, models_dir: Path) -> Path:
-    """Map a model id to a local HF-format folder.
+    """Map a model id to a local HF-format folder, a .gguf file or a folder holding one.
 
-    The embedded id is imported into the store once; a local folder is used as is;
+    The embedded id is imported into the store once (its folder names the GGUF it came
+    from, which the GGUF engine serves); a local folder or .gguf file is used as is;
     anything else is a Hugging Face repo id, taken from the local cache first and
     downloaded only where the hub is reachable.
     """
@@ -44,12 +47,19 @@ def resolve_model_path(model: str, models_dir: Path) -> Path:
     if model == EMBEDDED_MODEL_ID:
         return ensure_embedded_model(models_dir)
     local = Path(model).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        return local.resolve()
     if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise ModelLoadError(f"{local} is not a Hugging Face model folder (no config.json)")
+        if not (local / "config.json").is_file() and not any(local.glob("*.gguf")):
+            raise ModelLoadError(
+                f"{local} is neither a Hugging Face model folder (no config.json) "
+                "nor a folder holding a GGUF file"
+            )
         return local.resolve()
     if model.count("/") != 1 or local.exists():
-        raise ModelLoadError(f"model '{model}' is neither a local folder nor a hub repo id")
+        raise ModelLoadError(
+            f"model '{model}' is neither a local folder nor a hub repo id (nor a .gguf file)"
+        )
     return _from_hub(model)
 
 
@@ -69,25 +79,102 @@ def _from_hub(repo_id: str) -> Path:
         ) from exc
 
 
-def choose_backend(requested: str) -> tuple[str, str]:
-    """The backend to use and why: `auto` takes MLX where it imports and runs, else torch."""
+def choose_backend(requested: str, model_path: Path | None = None) -> tuple[str, str]:
+    """The engine to serve with, and why (README "Backends"; figures in docs/benchmarks.md).
+
+    `auto`: MLX where it runs on a GPU (Metal, or MLX's CUDA build); torch where CUDA is
+    available; on a CPU-only machine the GGUF engine (llama.cpp decodes several times faster
+    than MLX or torch there) for a model that has a GGUF file; else MLX on the CPU, and torch
+    where MLX does not run. Without `model_path` a CPU-only machine gets `gguf`, and
+    `load_engine` serves a model without a GGUF file with MLX on the CPU instead.
+    """
     if requested != "auto":
         return requested, f"--backend {requested} was asked for"
+    device, mlx_problem = _mlx_device()
+    if device == "gpu":
+        return "mlx", "auto: MLX runs on the GPU"
+    if _torch_has_cuda():
+        return "torch", f"auto: torch sees CUDA and MLX has no GPU here ({mlx_problem or 'cpu'})"
+    cpu_only = "auto: no GPU for MLX or torch"
+    if importlib.util.find_spec("llama_cpp") is not None:
+        if model_path is None:
+            return "gguf", (
+                f"{cpu_only}: the GGUF engine (llama.cpp) is the fastest on CPU "
+                "(a model without a GGUF file falls back to MLX on the CPU)"
+            )
+        from server.engine.gguf_backend import find_gguf
+
+        if find_gguf(model_path) is not None:
+            return "gguf", f"{cpu_only}: the GGUF engine (llama.cpp) is the fastest on CPU"
+        cpu_only += f" and {model_path} has no GGUF file"
+    else:
+        cpu_only += " and llama-cpp-python is not installed"
+    if device is None:
+        return "torch", f"{cpu_only}; MLX is not usable here ({mlx_problem})"
+    return "mlx", f"{cpu_only}: MLX on the CPU"
+
+
+def training_backend(serving: str) -> str:
+    """The LoRA trainer for a base served by `serving` (the GGUF engine does not train).
+
+    A gguf-served base trains on its Hugging Face folder with MLX, or torch where MLX
+    does not run; its adapters are then served on the GGUF engine.
+    """
+    if serving != "gguf":
+        return serving
+    return "mlx" if _mlx_device()[0] is not None else "torch"
+
+
+def _mlx_device() -> tuple[str | None, str | None]:
+    """("gpu" | "cpu", None) where MLX imports and runs, else (None, what went wrong)."""
     try:
         import mlx.core as mx
 
         mx.eval(mx.array([1.0]) + 1)
     except Exception as exc:
-        return "torch", f"auto: MLX is not usable here ({type(exc).__name__}: {exc})"
-    return "mlx", f"auto: MLX imports and runs on {mx.default_device()}"
+        return None, f"{type(exc).__name__}: {exc}"
+    return ("gpu" if mx.default_device().type == mx.gpu else "cpu"), None
 
 
-def load_engine(backend: str, path: Path) -> Engine:
-    """Load the weights at `path` with the named backend (heavy imports happen here)."""
+def _torch_has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def load_engine(backend: str, path: Path, mlx_options: Mapping[str, int] | None = None) -> Engine:
+    """Load the weights at `path` with the named backend (heavy imports happen here).
+
+    `mlx_options` are the MLX engine's batching and prompt-cache bounds (keyword
+    arguments of `MLXEngine`).
+    """
+    if backend == "gguf":
+        from server.engine.gguf_backend import GGUFEngine, find_gguf
+
+        gguf = find_gguf(path)
+        if gguf is not None:
+            hf_dir = path if (path / "config.json").is_file() else None
+            return GGUFEngine(gguf, hf_dir)
+        fallback, why = choose_backend("auto", path)
+        log.warning("%s has no GGUF file: serving it with %s instead (%s)", path, fallback, why)
+        backend = fallback
+        if backend == "mlx":
+            import os
+
+            from server.engine.openblas import status
+
+            log.info(status(os.environ))
+    if backend in ("mlx", "torch") and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} is not a Hugging Face model folder: the {backend} engine cannot load a "
+            "GGUF file; serve it with --backend gguf (or auto)"
+        )
     if backend == "mlx":
         from server.engine.mlx_backend import MLXEngine
 
-        return MLXEngine(path)
+        return MLXEngine(path, **(mlx_options or {}))
     if backend == "torch":
         from server.engine.torch_backend import TorchEngine
 
@@ -100,6 +187,12 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._models: dict[str, LoadedModel] = {}
+        #: ids served by another endpoint (the embedding model): naming one here is a 400
+        self._elsewhere: dict[str, str] = {}
+
+    def refuse(self, model_id: str, reason: str) -> None:
+        """Answer `get(model_id)` with a 400 `reason`: a model for another endpoint."""
+        self._elsewhere[model_id] = reason
 
     def add(self, model: LoadedModel) -> None:
         """Serve `model` under its id."""
@@ -130,7 +223,10 @@ class ModelRegistry:
         return Path(model.engine.model_path)
 
     def get(self, model_id: str) -> LoadedModel:
-        """The model with this id, or a 404 `model_not_found`."""
+        """The model with this id, a 400 for one refused here, or a 404 `model_not_found`."""
+        if model_id in self._elsewhere:
+            reason = self._elsewhere[model_id]
+            raise InvalidRequest(reason, param="model", code="model_not_supported")
         try:
             return self._models[model_id]
         except KeyError:

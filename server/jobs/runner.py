@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server.engine.registry import training_backend
 from server.jobs.callback import JobCallback
 from server.jobs.errors import JobFailed
 from server.jobs.naming import fine_tuned_model_id
@@ -47,7 +48,8 @@ class JobRunner:
         self._store = store
         self._base_path = base_model_path
         self._serve = serve_adapter
-        self._backend = backend
+        # a gguf-served base trains with MLX (or torch) on its HF folder
+        self._backend = training_backend(backend)
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._stops: dict[str, threading.Event] = {}
         self._shutdown = threading.Event()

@@ -6,7 +6,7 @@ import contextlib
 import random
 from collections.abc import Iterator
 
-from server.engine.registry import ModelRegistry
+from server.engine.registry import ModelRegistry, training_backend
 from server.errors import InvalidRequest, NotFound
 from server.jobs.runner import JobRunner
 from server.protocol.fine_tuning import (
@@ -64,7 +64,7 @@ class FineTuningService:
             method={"type": "supervised", "supervised": {"hyperparameters": hp}},
             suffix=request.suffix,
             metadata=request.metadata,
-            backend=base.engine.backend,
+            backend=training_backend(base.engine.backend),
             base_model_path=base.engine.model_path,
         )
         self._store.events.add(job.id, f"Created fine-tuning job: {job.id}")
