@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.engine.base import Engine
+from server.engine.embeddings import EmbeddingModel
 from server.engine.registry import (
     LoadedModel,
     ModelRegistry,
@@ -30,8 +31,10 @@ from server.engine.worker import GenerationWorker
 from server.errors import PomarError, error_envelope
 from server.jobs.runner import JobRunner
 from server.middleware import APIKeyMiddleware
-from server.routes import chat, files, fine_tuning, health, models
+from server.routes import chat, completions, embeddings, files, fine_tuning, health, models
 from server.services.chat import ChatService
+from server.services.completions import CompletionService
+from server.services.embeddings import EmbeddingService, serve_embedding_model
 from server.services.files import FileService
 from server.services.fine_tuning import FineTuningService
 from server.services.models import ModelService
@@ -48,9 +51,11 @@ class Services:
     registry: ModelRegistry
     models: ModelService
     chat: ChatService
+    completions: CompletionService
     store: Store
     files: FileService
     fine_tuning: FineTuningService
+    embeddings: EmbeddingService
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
@@ -61,9 +66,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         store = await asyncio.to_thread(open_store, settings)
         registry = ModelRegistry()
         runner: JobRunner | None = None
+        embedding: EmbeddingModel | None = None
         try:
             default = await load_default_model(settings, engine)
             registry.add(default)
+            embedding = serve_embedding_model(settings.embedding_model, registry)
             serve_fine_tuned_models(store, registry)
             runner = JobRunner(
                 store, registry.base_path, registry.add_adapter_model, default.engine.backend
@@ -71,19 +78,23 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             runner.start()
             app.state.services = Services(
                 registry=registry,
-                models=ModelService(registry, store),
+                models=ModelService(registry, store, embedding),
                 chat=ChatService(
                     registry, max_n=settings.max_n, default_max_tokens=settings.default_max_tokens
                 ),
+                completions=CompletionService(registry, max_n=settings.max_n),
                 store=store,
                 files=FileService(store.files, max_upload_bytes=settings.max_upload_bytes),
                 fine_tuning=FineTuningService(store, registry, runner),
+                embeddings=EmbeddingService(embedding),
             )
             yield
         finally:
             if runner is not None:
                 await asyncio.to_thread(runner.stop)
             registry.close()
+            if embedding is not None:
+                embedding.close()
             store.close()
 
     middleware = []
@@ -94,8 +105,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             *health.routes,
             *models.routes,
             *chat.routes,
+            *completions.routes,
             *files.routes,
             *fine_tuning.routes,
+            *embeddings.routes,
         ],
         middleware=middleware,
         lifespan=lifespan,
@@ -139,7 +152,8 @@ def serve_fine_tuned_models(store: Store, registry: ModelRegistry) -> None:
 async def load_default_model(settings: Settings, engine: Engine | None) -> LoadedModel:
     """Resolve, pick the backend, and load the model on its own worker thread."""
     if engine is None:
-        backend, why = choose_backend(settings.backend)
+        path = await asyncio.to_thread(resolve_model_path, settings.model, settings.models_dir)
+        backend, why = choose_backend(settings.backend, path)
         log.info("backend: %s (%s)", backend, why)
         if backend == "mlx":
             import os
@@ -147,12 +161,18 @@ async def load_default_model(settings: Settings, engine: Engine | None) -> Loade
             from server.engine.openblas import status
 
             log.info(status(os.environ))
-        path = await asyncio.to_thread(resolve_model_path, settings.model, settings.models_dir)
         worker = GenerationWorker(backend)
         started = time.perf_counter()
-        loaded = await worker.call(lambda: load_engine(backend, path))
+        options = {
+            "max_batch_size": settings.max_batch_size,
+            "prompt_cache_entries": settings.prompt_cache_entries,
+            "prompt_cache_bytes": settings.prompt_cache_mb << 20,
+        }
+        loaded = await worker.call(lambda: load_engine(backend, path, options))
     else:
         worker, started, loaded = GenerationWorker(engine.backend), time.perf_counter(), engine
+    # an engine that batches (MLX) lets the worker interleave that many streams
+    worker.concurrency = loaded.max_concurrency
     log.info(
         "model %s loaded from %s on %s in %.1f s",
         settings.model,

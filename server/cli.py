@@ -17,11 +17,37 @@ def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="start the OpenAI-compatible server")
     p.add_argument("--host", help="interface to bind (POMAR_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (POMAR_PORT, default 8000)")
-    p.add_argument("--model", help="embedded id, local HF folder or hub repo id (POMAR_MODEL)")
-    p.add_argument("--backend", choices=["auto", "mlx", "torch"], help="engine (POMAR_BACKEND)")
+    p.add_argument(
+        "--model", help="embedded id, local HF folder, .gguf file or hub repo id (POMAR_MODEL)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "mlx", "torch", "gguf"],
+        help="engine: gguf is llama.cpp on a GGUF file (POMAR_BACKEND, default auto)",
+    )
     p.add_argument("--home", help="models, files and jobs (POMAR_HOME, default ~/.pomar)")
     p.add_argument("--api-key", help="require this Bearer key on /v1 (POMAR_API_KEY)")
     p.add_argument("--log-level", help="debug, info, warning... (POMAR_LOG_LEVEL)")
+    p.add_argument(
+        "--embedding-model",
+        help="/v1/embeddings model: all-minilm-l6-v2 (default), a local sentence-transformers "
+        "folder, or none (POMAR_EMBEDDING_MODEL)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        help="requests decoded together on the MLX engine (POMAR_MAX_BATCH_SIZE, default 8)",
+    )
+    p.add_argument(
+        "--prompt-cache-entries",
+        type=int,
+        help="KV caches kept for prompt-prefix reuse, 0 for none (POMAR_PROMPT_CACHE_ENTRIES)",
+    )
+    p.add_argument(
+        "--prompt-cache-mb",
+        type=int,
+        help="memory bound of the prompt cache in MiB (POMAR_PROMPT_CACHE_MB, default 256)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Environment variables first, then the flags that were given on top."""
-    names = ("host", "port", "model", "backend", "home", "api_key", "log_level")
+    names = (
+        "host",
+        "port",
+        "model",
+        "backend",
+        "home",
+        "api_key",
+        "log_level",
+        "embedding_model",
+        "max_batch_size",
+        "prompt_cache_entries",
+        "prompt_cache_mb",
+    )
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return Settings(**overrides)
 
@@ -57,15 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tune":
         from server import tune
 
-        if (args.backend or Settings().backend) in ("auto", "mlx"):
+        requested = args.backend or Settings().backend
+        if requested in ("auto", "mlx", "gguf"):
             _reexec_with_openblas(argv)
+        if requested in ("auto", "gguf"):
+            # the GGUF engine serves but does not train: tune with its training backend
+            from server.engine.registry import choose_backend, training_backend
+
+            args.backend = training_backend(choose_backend(requested)[0])
         return tune.run(args)
     return 2
 
 
 def serve(settings: Settings, argv: list[str]) -> int:
     """Run the server in the foreground until interrupted."""
-    if settings.backend in ("auto", "mlx"):
+    # gguf too: fine-tuning jobs on a gguf-served base train with MLX in this process
+    if settings.backend in ("auto", "mlx", "gguf"):
         _reexec_with_openblas(argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

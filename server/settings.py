@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Backend = Literal["auto", "mlx", "torch"]
+Backend = Literal["auto", "mlx", "torch", "gguf"]
 
 
 class Settings(BaseSettings):
@@ -22,7 +22,10 @@ class Settings(BaseSettings):
         "smollm2-135m-instruct",
         description="Model to serve: the embedded id, a local HF folder or a hub repo id.",
     )
-    backend: Backend = Field("auto", description="Engine: auto, mlx or torch.")
+    backend: Backend = Field(
+        "auto",
+        description="Engine: auto, mlx, torch or gguf (llama.cpp); auto's rule is in README.",
+    )
     home: Path = Field(Path("~/.pomar"), description="Models, files, jobs and database.")
     api_key: SecretStr | None = Field(None, description="Bearer key required on /v1 when set.")
     log_level: str = Field("info", description="Python logging level.")
@@ -32,6 +35,20 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Largest file `/v1/files` accepts, in bytes."
+    )
+    embedding_model: str = Field(
+        "all-minilm-l6-v2",
+        description="`/v1/embeddings` model: the embedded id, a local sentence-transformers "
+        "or HF folder, or 'none' (or empty) to turn the endpoint off.",
+    )
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="Concurrent requests decoded together (MLX engine)."
+    )
+    prompt_cache_entries: int = Field(
+        16, ge=0, description="KV caches kept for prompt-prefix reuse (0: no prompt cache)."
+    )
+    prompt_cache_mb: int = Field(
+        256, ge=0, description="Memory bound of the prompt cache, in MiB (MLX engine)."
     )
 
     @field_validator("home")
