@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from server.engine.base import GenerationParams
 from server.errors import InvalidRequest, UnsupportedParameter
 from server.protocol.common import OpenAIModel, Usage
+from server.protocol.sampling import SamplingRequest
 from server.protocol.tools import (
     DeltaToolCall,
     FunctionTool,
@@ -68,12 +69,6 @@ class ChatMessage(BaseModel):
         return "".join(part.text or "" for part in self.content)
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    include_usage: bool = False
-
-
 # Known OpenAI parameters not implemented yet: refused with a 400 naming them, unless
 # they carry their "off" value. Maps name -> predicate telling whether a value is "off".
 # The legacy `functions` / `function_call` stay refused: `tools` / `tool_choice` replace them.
@@ -88,54 +83,20 @@ _UNSUPPORTED: dict[str, Any] = {
 }
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(SamplingRequest):
     """The body of `POST /v1/chat/completions`. Extra unknown fields are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, ge=0.0, le=1.0)
-    n: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        if any(s == "" for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _check_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key, bias in (value or {}).items():
-            if not key.lstrip("-").isdigit() or int(key) < 0:
-                raise ValueError(f"logit_bias keys must be token ids, got '{key}'")
-            if not -100.0 <= bias <= 100.0:
-                raise ValueError("logit_bias values must be between -100 and 100")
-        return value
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> ChatCompletionRequest:
@@ -146,10 +107,6 @@ class ChatCompletionRequest(BaseModel):
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest(
                 "logprobs must be set to true if top_logprobs is used.", param="top_logprobs"
-            )
-        if self.stream_options is not None and not self.stream:
-            raise InvalidRequest(
-                "stream_options is only allowed when stream is true.", param="stream_options"
             )
         self.tool_use()  # a tool_choice that names no offered tool is a 400 now
         return self
@@ -181,24 +138,9 @@ class ChatCompletionRequest(BaseModel):
         `defaults` (the model's generation_config) fill temperature / top_p when the
         request names none; OpenAI's 1.0 otherwise.
         """
-        defaults = defaults or {}
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
-        temperature = self.temperature
-        if temperature is None:
-            temperature = defaults.get("temperature", 1.0)
-        top_p = self.top_p if self.top_p is not None else defaults.get("top_p", 1.0)
-        return GenerationParams(
-            max_tokens=limit,
-            temperature=temperature,
-            top_p=top_p,
-            stop=tuple(stops),
-            seed=self.seed,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
-            top_logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-        )
+        top_logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return self.sampling_params(limit, top_logprobs, defaults)
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from server.engine.base import GenerationParams
 from server.errors import InvalidRequest
-from server.protocol.chat import StreamOptions
 from server.protocol.common import OpenAIModel, Usage
+from server.protocol.sampling import SamplingRequest
 
 #: OpenAI's default for this endpoint (chat has none)
 DEFAULT_MAX_TOKENS = 16
@@ -22,30 +22,16 @@ TokenId = Annotated[int, Field(strict=True, ge=0)]
 Prompt = str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(SamplingRequest):
     """The body of `POST /v1/completions`. Extra unknown fields are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
     #: None means "the start of a new document", as OpenAI's default `<|endoftext|>` does
     prompt: Prompt | None = Field(union_mode="left_to_right")
     suffix: str | None = None
     max_tokens: int | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, ge=0.0, le=1.0)
-    n: int | None = Field(None, ge=1)
     best_of: int | None = Field(None, ge=1, le=20)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -63,32 +49,8 @@ class CompletionRequest(BaseModel):
             "token ids (integers >= 0), or a list of such lists"
         )
 
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        if any(s == "" for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _check_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key, bias in (value or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got '{key}'")
-            if not -100.0 <= bias <= 100.0:
-                raise ValueError("logit_bias values must be between -100 and 100")
-        return value
-
     @model_validator(mode="after")
     def _cross_field_rules(self) -> CompletionRequest:
-        if self.stream_options is not None and not self.stream:
-            raise InvalidRequest(
-                "stream_options is only allowed when stream is true.", param="stream_options"
-            )
         if self.echo and self.suffix is not None:
             raise InvalidRequest("echo cannot be used together with suffix.", param="echo")
         if self.best_of is not None:
@@ -136,26 +98,11 @@ class CompletionRequest(BaseModel):
         request names none, as chat does. Logprobs are also asked of the engine when
         best_of needs them to rank the candidates.
         """
-        defaults = defaults or {}
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        temperature = self.temperature
-        if temperature is None:
-            temperature = defaults.get("temperature", 1.0)
-        top_p = self.top_p if self.top_p is not None else defaults.get("top_p", 1.0)
         top_logprobs = self.logprobs
         if top_logprobs is None and self.candidates_per_prompt > self.choices_per_prompt:
             top_logprobs = 0
-        return GenerationParams(
-            max_tokens=self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS,
-            temperature=temperature,
-            top_p=top_p,
-            stop=tuple(stops),
-            seed=self.seed,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
-            top_logprobs=top_logprobs,
-        )
+        limit = self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
+        return self.sampling_params(limit, top_logprobs, defaults)
 
 
 def _token_ids(value: object) -> bool:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+import logging
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, PomarError, error_envelope
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -54,3 +58,25 @@ async def unless_disconnected(request: Request, work: Awaitable[T], poll: float 
 def ok(payload: dict[str, Any]) -> JSONResponse:
     """A small JSON answer."""
     return JSONResponse(payload)
+
+
+def sse_response(chunks: AsyncIterator[BaseModel], *, exclude_none: bool) -> Response:
+    """Stream pydantic chunks as SSE `data:` events, ending with `data: [DONE]`.
+
+    An error mid-stream (the status line is already sent) becomes an error event in
+    the OpenAI envelope, then `[DONE]`; internals are logged, never sent.
+    """
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for chunk in chunks:
+                yield {"data": chunk.model_dump_json(exclude_none=exclude_none)}
+        except PomarError as exc:
+            yield {"data": json.dumps(exc.to_envelope())}
+        except Exception:
+            log.exception("stream failed")
+            envelope = error_envelope("The server had an error while generating.", "server_error")
+            yield {"data": json.dumps(envelope)}
+        yield {"data": "[DONE]"}
+
+    return EventSourceResponse(events(), sep="\n", ping=15)
