@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Serving benchmark: pomar vs `python -m mlx_lm server` on the same model folder.
+"""Serving benchmark: pomar vs `python -m mlx_lm server` and `python -m llama_cpp.server`.
 
-In one run it starts each server in turn (pomar on MLX, `mlx_lm server`, and pomar
-on torch), drives it with the `openai` async client at each concurrency level with
-the same prompts, and measures:
+In one run it starts each server in turn (pomar on MLX, `mlx_lm server`, pomar on
+torch, pomar on its GGUF engine and llama-cpp-python's server on the same GGUF file;
+the peers of pomar-mlx and pomar-gguf are mlx_lm and llama_cpp), drives it with the
+`openai` async client at each concurrency level with the same prompts, and measures:
   * aggregate output tok/s (completion tokens / wall time of the level),
   * time to first token (median, p95), inter-token latency (median of per-request
     means), errors, and the server's resident memory afterwards;
@@ -156,13 +157,31 @@ class Server:
             self.process.wait()
 
 
+#: each pomar contender and the server it is compared with (the same weights, the same engine)
+PEERS = {"pomar": "mlx_lm", "pomar-gguf": "llama_cpp"}
+
+
 def start_server(kind: str, model: Path, max_batch: int) -> Server:
     py = sys.executable
     if kind == "mlx_lm":
         cmd = [py, "-m", "mlx_lm", "server", "--model", str(model)]
         cmd += ["--decode-concurrency", str(max_batch), "--log-level", "WARNING"]
         return Server(kind, cmd, openblas_env(), "default_model")
-    backend = "torch" if kind == "pomar-torch" else "mlx"
+    if kind == "llama_cpp":
+        # llama-cpp-python's own OpenAI server on the GGUF file pomar's GGUF engine serves.
+        # It needs the [server] extra, whose fastapi pins starlette: give it its own venv
+        # (pip install 'llama-cpp-python[server]==0.3.36') and name its python here.
+        py = os.environ.get("LLAMA_CPP_PYTHON", py)
+        from server.engine.gguf_backend import find_gguf
+
+        gguf = find_gguf(model)
+        if gguf is None:
+            raise SystemExit(f"{model} has no GGUF file for llama_cpp.server")
+        threads = str(os.cpu_count() or 1)
+        cmd = [py, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "bench"]
+        cmd += ["--n_ctx", "8192", "--n_threads", threads, "--host", "127.0.0.1"]
+        return Server(kind, cmd, dict(os.environ), "bench")
+    backend = {"pomar-torch": "torch", "pomar-gguf": "gguf"}.get(kind, "mlx")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.update(POMAR_MAX_BATCH_SIZE=str(max_batch), POMAR_HOME=tempfile.mkdtemp(prefix="bench-"))
     env["POMAR_EMBEDDING_MODEL"] = "none"
@@ -296,7 +315,7 @@ def bench_server(kind: str, args: argparse.Namespace, prefix: str) -> ServerRepo
             level = asyncio.run(run_level(server, c, requests, args.max_tokens))
             report.levels.append(level)
             print(f"  {kind} c={c}: {level.tok_s:.1f} tok/s, errors {level.errors}", flush=True)
-        if args.prefix_tokens > 0 and kind != "pomar-torch":
+        if args.prefix_tokens > 0 and kind not in ("pomar-torch", "llama_cpp"):
             cold, warm, cached = asyncio.run(prompt_cache_turns(server, prefix, args.cache_repeats))
             report.cache_cold_ttft, report.cache_warm_ttft, report.cached_tokens = (
                 cold,
@@ -353,23 +372,24 @@ def ms(value: float | None) -> str:
 def markdown(
     reports: dict[str, ServerReport], base: dict[str, float], args: argparse.Namespace
 ) -> str:
-    pomar, other = reports.get("pomar"), reports.get("mlx_lm")
+    pomar = reports.get("pomar")
     lines = [
         f"Model `{args.model.name}`, max_tokens {args.max_tokens}, greedy, streamed; "
         f"in-process `mlx_lm.stream_generate`: {base.get('decode_tok_s', 0):.1f} tok/s.",
         "",
         "| server | concurrency | tok/s | TTFT median ms | TTFT p95 ms | ITL ms | errors |"
-        " ÷ mlx_lm.server | ÷ in-process |",
+        " ÷ peer server | ÷ in-process MLX |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, report in reports.items():
+        other = reports.get(PEERS.get(name, ""))
         for level in report.levels:
             peer = (
                 next((x for x in other.levels if x.concurrency == level.concurrency), None)
                 if other
                 else None
             )
-            vs_server = ratio(level.tok_s, peer.tok_s) if peer and name != "mlx_lm" else "–"
+            vs_server = ratio(level.tok_s, peer.tok_s) if peer else "–"
             lines.append(
                 f"| {name} | {level.concurrency} | {level.tok_s:.1f} | {ms(level.ttft_median)} | "
                 f"{ms(level.ttft_p95)} | {ms(level.itl_median)} | {level.errors} | {vs_server} | "
@@ -424,7 +444,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, help="HF model folder (default: the embedded one)")
-    parser.add_argument("--servers", default="pomar,mlx_lm,pomar-torch")
+    parser.add_argument("--servers", default="pomar,mlx_lm,pomar-torch,pomar-gguf,llama_cpp")
     parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument(
         "--requests-per-level", type=int, default=0, help="default: 2 × concurrency"

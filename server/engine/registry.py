@@ -151,6 +151,11 @@ def load_engine(backend: str, path: Path, mlx_options: Mapping[str, int] | None 
     arguments of `MLXEngine`).
     """
     if backend == "gguf":
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ModelLoadError(
+                "the GGUF engine needs llama-cpp-python: install pomar with its gguf extra "
+                "(pip install -e '.[gguf]'; ./scripts/serve does)"
+            )
         from server.engine.gguf_backend import GGUFEngine, find_gguf
 
         gguf = find_gguf(path)
