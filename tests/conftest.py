@@ -51,13 +51,34 @@ def _serve(
         server.stop()
 
 
-@pytest.fixture(scope="session", params=["mlx", "torch"])
-def tiny_server(
-    request: pytest.FixtureRequest, tiny_model_path: Path, pomar_home: Path
-) -> Iterator[LiveServer]:
-    """A real server on the tiny model, once per backend; MLX's requires an API key."""
+@pytest.fixture(scope="session")
+def tiny_gguf_path(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model converted to an f32 GGUF, in a copy of its folder beside its HF files.
+
+    `find_gguf` finds it there and the GGUF engine takes the folder's HF tokenizer, as it
+    does for the embedded model. A copy, not the tiny model's own folder: there a GGUF file
+    would turn `--backend auto` (and the tests of that rule) to the GGUF engine.
+    """
+    import shutil
+
+    from server.engine.hf_to_gguf import convert_hf_to_gguf
+
+    folder = tmp_path_factory.mktemp("tiny-gguf") / tiny_model_path.name
+    shutil.copytree(tiny_model_path, folder)
+    return convert_hf_to_gguf(folder, folder / "tiny-llama-f32.gguf", "f32")
+
+
+@pytest.fixture(scope="session", params=["mlx", "torch", "gguf"])
+def tiny_server(request: pytest.FixtureRequest, pomar_home: Path) -> Iterator[LiveServer]:
+    """A real server on the tiny model, once per backend; MLX's requires an API key.
+
+    The GGUF engine serves the folder holding the tiny model's f32 GGUF (`tiny_gguf_path`).
+    """
+    fixture = "tiny_gguf_path" if request.param == "gguf" else "tiny_model_path"
+    path: Path = request.getfixturevalue(fixture)
+    model = str(path.parent if path.suffix == ".gguf" else path)
     key = API_KEY if request.param == "mlx" else None
-    yield from _serve(str(tiny_model_path), request.param, pomar_home, key)
+    yield from _serve(model, request.param, pomar_home, key)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,18 @@ def physical_cores() -> int:
     return max(1, physical)
 
 
-def check_gguf(path: Path) -> int:
-    """Refuse a file that is not a GGUF model; return the context length it was trained with.
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What the engine reads from a GGUF's header before loading it."""
+
+    #: the context length the model was trained with (2048 when the file does not say)
+    context_length: int
+    #: llama.cpp's ``general.file_type`` (0: every tensor f32), None when absent
+    file_type: int | None
+
+
+def check_gguf(path: Path) -> GGUFHeader:
+    """Refuse a file that is not a GGUF model; return what its header says.
 
     Reads only the header and vocabulary (llama.cpp's vocab-only load, ~0.1 s); damage past
     the header (a truncated download) is caught by the full load that follows.
@@ -106,7 +116,11 @@ def check_gguf(path: Path) -> int:
         # a vocab-only load leaves the hyperparameters unread: take the key from the header
         arch = _meta_value(model, "general.architecture")
         trained = _meta_value(model, f"{arch}.context_length") if arch else None
-        return int(trained) if trained and trained.isdigit() else 2048
+        file_type = _meta_value(model, "general.file_type")
+        return GGUFHeader(
+            context_length=int(trained) if trained and trained.isdigit() else 2048,
+            file_type=int(file_type) if file_type and file_type.isdigit() else None,
+        )
     finally:
         llama_cpp.llama_model_free(model)
 
@@ -137,14 +151,21 @@ class GGUFEngine(Engine):
         and the weights fine-tuning jobs train on; without it the tokenizer is read from the
         GGUF by transformers.
         """
-        trained = check_gguf(gguf_file)
+        header = check_gguf(gguf_file)
+        import llama_cpp
         from llama_cpp import Llama
 
         self._threads = physical_cores()
+        # llama.cpp's KV cache is f16 by default: its rounding moves an f32 model's logits
+        # by ~0.005, enough to flip near-ties that MLX and torch (f32 throughout) agree on.
+        # An all-f32 file keeps its cache in f32 too; quantized files keep llama.cpp's default.
+        kv_type = llama_cpp.GGML_TYPE_F32 if header.file_type == 0 else None  # None: default
         try:
             self.llama = Llama(
                 model_path=str(gguf_file),
-                n_ctx=min(trained, MAX_CONTEXT),
+                n_ctx=min(header.context_length, MAX_CONTEXT),
+                type_k=kv_type,
+                type_v=kv_type,
                 n_threads=self._threads,
                 n_threads_batch=self._threads,
                 n_gpu_layers=-1,  # Metal/CUDA builds offload every layer; CPU builds ignore it

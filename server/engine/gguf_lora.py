@@ -17,10 +17,8 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from finetune.adapters import (
     CONFIG_FILE,
@@ -29,21 +27,7 @@ from finetune.adapters import (
     convert_mlx_to_peft,
     detect_adapter_format,
 )
-
-#: architectures whose GGUF q/k rows are permuted by convert_hf_to_gguf.py (LlamaModel)
-PERMUTED_QK = frozenset({"llama"})
-
-
-def permute_rows(weights: npt.NDArray[Any], n_head: int, n_head_kv: int | None) -> Any:
-    """convert_hf_to_gguf's ``LlamaModel.permute`` of the rows (output dim) of `weights`."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    shape = weights.shape
-    return (
-        weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:])
-        .swapaxes(1, 2)
-        .reshape(shape)
-    )
+from server.engine.hf_to_gguf import PERMUTED_QK, permute_rows
 
 
 def lora_to_gguf(adapter_dir: Path, out: Path, metadata: dict[str, str], base: Path) -> Path:
