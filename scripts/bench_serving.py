@@ -17,6 +17,8 @@ writes it with a JSON of the raw numbers and a PNG plot of throughput vs concurr
     .venv/bin/python scripts/bench_serving.py                      # the full run
     .venv/bin/python scripts/bench_serving.py --quick              # a short smoke run
     .venv/bin/python scripts/bench_serving.py --model PATH --servers pomar,mlx_lm
+    LLAMA_CPP_PYTHON=/path/to/venv/bin/python \
+        .venv/bin/python scripts/bench_serving.py --servers pomar-gguf,llama_cpp
 
 MLX runs with OpenBLAS preloaded on Linux for every contender (pomar does it itself;
 the others get the same `LD_PRELOAD`). Each server and the in-process baseline run
@@ -35,9 +37,11 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from serving_report import Level, RequestResult, ServerReport, markdown, plot
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,41 +61,6 @@ FILLER = (
     "The project keeps a careful log of every change, every review and every release, "
     "so that anyone who joins later can follow the reasoning behind each decision. "
 )
-
-
-@dataclass
-class RequestResult:
-    ttft: float | None = None
-    tokens: int = 0
-    duration: float = 0.0
-    #: mean gap between content chunks after the first, per token
-    itl: float | None = None
-    error: str | None = None
-
-
-@dataclass
-class Level:
-    concurrency: int
-    requests: int
-    wall: float
-    tok_s: float
-    ttft_median: float | None
-    ttft_p95: float | None
-    itl_median: float | None
-    errors: int
-
-
-@dataclass
-class ServerReport:
-    name: str
-    levels: list[Level] = field(default_factory=list)
-    rss_mb: float | None = None
-    cache_cold_ttft: float | None = None
-    cache_warm_ttft: float | None = None
-    cached_tokens: int | None = None
-
-
-# --- servers -----------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -155,10 +124,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-#: each pomar contender and the server it is compared with (the same weights, the same engine)
-PEERS = {"pomar": "mlx_lm", "pomar-gguf": "llama_cpp"}
 
 
 def start_server(kind: str, model: Path, max_batch: int) -> Server:
@@ -359,77 +324,6 @@ def in_process_child(args: argparse.Namespace) -> dict[str, float]:
 
 
 # --- report ---------------------------------------------------------------------------
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}" if a and b else "–"
-
-
-def ms(value: float | None) -> str:
-    return f"{value * 1000:.0f}" if value is not None else "–"
-
-
-def markdown(
-    reports: dict[str, ServerReport], base: dict[str, float], args: argparse.Namespace
-) -> str:
-    pomar = reports.get("pomar")
-    lines = [
-        f"Model `{args.model.name}`, max_tokens {args.max_tokens}, greedy, streamed; "
-        f"in-process `mlx_lm.stream_generate`: {base.get('decode_tok_s', 0):.1f} tok/s.",
-        "",
-        "| server | concurrency | tok/s | TTFT median ms | TTFT p95 ms | ITL ms | errors |"
-        " ÷ peer server | ÷ in-process MLX |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, report in reports.items():
-        other = reports.get(PEERS.get(name, ""))
-        for level in report.levels:
-            peer = (
-                next((x for x in other.levels if x.concurrency == level.concurrency), None)
-                if other
-                else None
-            )
-            vs_server = ratio(level.tok_s, peer.tok_s) if peer else "–"
-            lines.append(
-                f"| {name} | {level.concurrency} | {level.tok_s:.1f} | {ms(level.ttft_median)} | "
-                f"{ms(level.ttft_p95)} | {ms(level.itl_median)} | {level.errors} | {vs_server} | "
-                f"{ratio(level.tok_s, base.get('decode_tok_s'))} |"
-            )
-    if pomar and pomar.levels:
-        one = pomar.levels[0].tok_s
-        scale = ", ".join(f"{lv.concurrency}: {lv.tok_s / one:.2f}×" for lv in pomar.levels)
-        lines += ["", f"pomar aggregate vs its single stream: {scale}"]
-    lines += [
-        "",
-        "| server | turn-2 TTFT cold ms | cached ms | cached ÷ cold | cached_tokens | RSS MB |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, report in reports.items():
-        lines.append(
-            f"| {name} | {ms(report.cache_cold_ttft)} | {ms(report.cache_warm_ttft)} | "
-            f"{ratio(report.cache_warm_ttft, report.cache_cold_ttft)} | {report.cached_tokens} | "
-            f"{report.rss_mb and round(report.rss_mb)} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot(reports: dict[str, ServerReport], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, report in reports.items():
-        xs = [lv.concurrency for lv in report.levels]
-        ax.plot(xs, [lv.tok_s for lv in report.levels], marker="o", label=name)
-    ax.set_xlabel("concurrent requests")
-    ax.set_ylabel("aggregate output tok/s")
-    ax.set_xscale("log", base=2)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def default_model() -> Path:
