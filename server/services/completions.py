@@ -24,9 +24,7 @@ from server.protocol.completions import (
     FinishReason,
 )
 from server.services.choices import Producer, choices_producer, fingerprint, usage
-
-#: OpenAI's value for "very unlikely"; JSON has no -inf
-FLOOR = -9999.0
+from server.services.logprobs import FLOOR
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
+from schemas import Add, GetWeather, Person
 
 from server.engine.base import TokenConstraint
 from server.engine.constraints import (
@@ -29,35 +30,11 @@ from server.engine.constraints import (
 from server.engine.tools import CLOSE_TAG, OPEN_TAG, parse_message
 from server.errors import InvalidRequest
 
-
-class Person(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(max_length=12)
-    age: int = Field(ge=0, le=130)
-    pet: Literal["cat", "dog", "none"]
-    tags: list[bool] = Field(max_length=3)
-
-
-class Weather(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    city: str = Field(max_length=10)
-    unit: Literal["c", "f"]
-
-
-class Add(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    a: int = Field(ge=0, le=99)
-    b: int = Field(ge=0, le=99)
-
-
 TOOLS = [
-    ToolSpec("get_weather", Weather.model_json_schema(), strict=True),
+    ToolSpec("get_weather", GetWeather.model_json_schema(), strict=True),
     ToolSpec("add", Add.model_json_schema(), strict=True),
 ]
-ARGUMENTS: dict[str, type[BaseModel]] = {"get_weather": Weather, "add": Add}
+ARGUMENTS: dict[str, type[BaseModel]] = {"get_weather": GetWeather, "add": Add}
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +218,10 @@ def test_auto_with_a_response_format_answers_json_or_calls(
     tokenizer: Any, eos: frozenset[int]
 ) -> None:
     grammar = tools_grammar(
-        mode="auto", parallel=False, answer_schema=Weather.model_json_schema(), answer_strict=True
+        mode="auto",
+        parallel=False,
+        answer_schema=GetWeather.model_json_schema(),
+        answer_strict=True,
     )
     factory = compile_(tokenizer, eos, grammar)
     first = {tokenizer.decode([t])[0] for t in allowed_ids(factory(), tokenizer)}
@@ -249,7 +229,7 @@ def test_auto_with_a_response_format_answers_json_or_calls(
     for seed in range(6):
         text = walk(factory, tokenizer, eos, seed)
         if text.startswith("{"):
-            Weather.model_validate_json(text)
+            GetWeather.model_validate_json(text)
         else:
             check_calls(text, ["get_weather", "add"])
 

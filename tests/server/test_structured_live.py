@@ -6,23 +6,14 @@ into JSON that parses and validates. Every test runs on both backends.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import openai
 import pytest
 from live_server import LiveServer, client_for
-from pydantic import BaseModel, ConfigDict, Field
+from schemas import Person
 
 HI = [{"role": "user", "content": "Describe a person as JSON."}]
-
-
-class Person(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(max_length=12)
-    age: int = Field(ge=0, le=130)
-    pet: Literal["cat", "dog", "none"]
-    tags: list[bool] = Field(max_length=3)
 
 
 def json_schema_format(strict: bool = True) -> dict[str, Any]:

@@ -8,32 +8,14 @@ one realistic round trip.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import openai
 import pytest
 from live_server import LiveServer, client_for
 from openai.types.chat import ChatCompletionMessageParam
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class GetWeather(BaseModel):
-    """Current weather in a city."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    city: str = Field(max_length=10)
-    unit: Literal["c", "f"]
-
-
-class Add(BaseModel):
-    """Add two small numbers."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    a: int = Field(ge=0, le=99)
-    b: int = Field(ge=0, le=99)
-
+from pydantic import BaseModel
+from schemas import Add, GetWeather
 
 TOOLS = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(Add)]
 ARGS: dict[str, type[BaseModel]] = {"GetWeather": GetWeather, "Add": Add}
