@@ -17,15 +17,18 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server.catalog import ModelCatalog
 from server.engine.base import Engine
 from server.engine.embeddings import EmbeddingModel
-from server.engine.registry import (
+from server.engine.registry import choose_backend, load_engine, resolve_model_path
+from server.engine.resident import (
     LoadedModel,
-    ModelRegistry,
-    choose_backend,
-    load_engine,
-    resolve_model_path,
+    ModelSpec,
+    Residency,
+    default_budget,
+    estimate_memory,
 )
+from server.engine.served import ModelRegistry
 from server.engine.templates import ChatTemplate, sampling_defaults
 from server.engine.worker import GenerationWorker
 from server.errors import PomarError, error_envelope
@@ -64,9 +67,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = await asyncio.to_thread(open_store, settings)
-        registry = ModelRegistry()
+        residency = Residency(
+            loader=lambda spec: load_model(spec, settings),
+            budget=int(settings.max_memory) if settings.max_memory else default_budget(),
+            keep_alive=settings.keep_alive,
+        )
+        catalog = ModelCatalog(settings.models_dir)
+        registry = ModelRegistry(residency, catalog, settings.backend)
         runner: JobRunner | None = None
         embedding: EmbeddingModel | None = None
+        reaper: asyncio.Task[None] | None = None
         try:
             default = await load_default_model(settings, engine)
             registry.add(default)
@@ -76,13 +86,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
                 store, registry.base_path, registry.add_adapter_model, default.engine.backend
             )
             runner.start()
+            reaper = asyncio.create_task(registry.keep_alive_loop())
             app.state.services = Services(
                 registry=registry,
                 models=ModelService(registry, store, embedding),
                 chat=ChatService(
-                    registry, max_n=settings.max_n, default_max_tokens=settings.default_max_tokens
+                    max_n=settings.max_n, default_max_tokens=settings.default_max_tokens
                 ),
-                completions=CompletionService(registry, max_n=settings.max_n),
+                completions=CompletionService(max_n=settings.max_n),
                 store=store,
                 files=FileService(store.files, max_upload_bytes=settings.max_upload_bytes),
                 fine_tuning=FineTuningService(store, registry, runner),
@@ -90,6 +101,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             )
             yield
         finally:
+            if reaper is not None:
+                reaper.cancel()
             if runner is not None:
                 await asyncio.to_thread(runner.stop)
             registry.close()
@@ -136,10 +149,10 @@ def open_store(settings: Settings) -> Store:
 
 
 def serve_fine_tuned_models(store: Store, registry: ModelRegistry) -> None:
-    """Serve every stored fine-tuned (and checkpoint) model whose base is loaded."""
+    """Serve every stored fine-tuned (and checkpoint) model whose base this server knows."""
     for record in store.models.list():
         if registry.base_path(record.base_model) is None:
-            log.info("not serving %s: its base %s is not loaded", record.id, record.base_model)
+            log.info("not serving %s: its base %s is not served here", record.id, record.base_model)
             continue
         if not Path(record.adapter_path).is_dir():
             log.warning("not serving %s: its adapter %s is gone", record.id, record.adapter_path)
@@ -150,42 +163,62 @@ def serve_fine_tuned_models(store: Store, registry: ModelRegistry) -> None:
 
 
 async def load_default_model(settings: Settings, engine: Engine | None) -> LoadedModel:
-    """Resolve, pick the backend, and load the model on its own worker thread."""
-    if engine is None:
-        path = await asyncio.to_thread(resolve_model_path, settings.model, settings.models_dir)
-        backend, why = choose_backend(settings.backend, path)
-        log.info("backend: %s (%s)", backend, why)
-        if backend == "mlx":
-            import os
+    """The model named at start: resolved, its backend chosen (and why logged), loaded.
 
-            from server.engine.openblas import status
+    With `engine` (tests, embedding the server) that engine is served instead.
+    """
+    if engine is not None:
+        worker = GenerationWorker(engine.backend)
+        worker.concurrency = engine.max_concurrency
+        return _loaded(settings.model, engine, worker)
+    path = await asyncio.to_thread(resolve_model_path, settings.model, settings.models_dir)
+    backend, why = choose_backend(settings.backend, path)
+    log.info("backend: %s (%s)", backend, why)
+    spec = ModelSpec(settings.model, path, backend, int(time.time()), pinned=True)
+    model = await load_model(spec, settings)
+    model.memory = await asyncio.to_thread(estimate_memory, path, model.engine.backend)
+    return model
 
-            log.info(status(os.environ))
-        worker = GenerationWorker(backend)
-        started = time.perf_counter()
-        options = {
-            "max_batch_size": settings.max_batch_size,
-            "prompt_cache_entries": settings.prompt_cache_entries,
-            "prompt_cache_bytes": settings.prompt_cache_mb << 20,
-        }
-        loaded = await worker.call(lambda: load_engine(backend, path, options))
-    else:
-        worker, started, loaded = GenerationWorker(engine.backend), time.perf_counter(), engine
+
+async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
+    """Load a base model's engine on its own new worker thread."""
+    if spec.backend == "mlx":
+        import os
+
+        from server.engine.openblas import status
+
+        log.info(status(os.environ))
+    worker = GenerationWorker(spec.backend)
+    started = time.perf_counter()
+    options = {
+        "max_batch_size": settings.max_batch_size,
+        "prompt_cache_entries": settings.prompt_cache_entries,
+        "prompt_cache_bytes": settings.prompt_cache_mb << 20,
+    }
+    try:
+        engine = await worker.call(lambda: load_engine(spec.backend, spec.path, options))
+    except BaseException:
+        worker.close()
+        raise
     # an engine that batches (MLX) lets the worker interleave that many streams
-    worker.concurrency = loaded.max_concurrency
+    worker.concurrency = engine.max_concurrency
     log.info(
         "model %s loaded from %s on %s in %.1f s",
-        settings.model,
-        loaded.model_path,
-        loaded.describe(),
+        spec.id,
+        engine.model_path,
+        engine.describe(),
         time.perf_counter() - started,
     )
+    return _loaded(spec.id, engine, worker)
+
+
+def _loaded(model_id: str, engine: Engine, worker: GenerationWorker) -> LoadedModel:
     return LoadedModel(
-        id=settings.model,
-        engine=loaded,
+        id=model_id,
+        engine=engine,
         worker=worker,
-        template=ChatTemplate(loaded.tokenizer),
-        sampling=sampling_defaults(Path(loaded.model_path)),
+        template=ChatTemplate(engine.tokenizer),
+        sampling=sampling_defaults(Path(engine.model_path)),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["auto", "mlx", "torch", "gguf"]
@@ -50,6 +50,26 @@ class Settings(BaseSettings):
     prompt_cache_mb: int = Field(
         256, ge=0, description="Memory bound of the prompt cache, in MiB (MLX engine)."
     )
+
+    max_memory: ByteSize | None = Field(
+        None,
+        description="Memory budget for loaded models, e.g. 8GB or 512MiB (default: this "
+        "machine's RAM minus 4 GiB); least recently used models are unloaded to fit.",
+    )
+    keep_alive: float = Field(
+        300.0,
+        description="Seconds an idle model stays loaded (the model named at start stays); "
+        "-1 keeps models loaded. Also takes 30s, 5m, 1h.",
+    )
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        # Ollama's keep_alive spelling: a number of seconds, or one with an s/m/h unit
+        if isinstance(value, str) and value.strip()[-1:] in ("s", "m", "h"):
+            unit = {"s": 1, "m": 60, "h": 3600}[value.strip()[-1]]
+            return float(value.strip()[:-1]) * unit
+        return value
 
     @field_validator("home")
     @classmethod

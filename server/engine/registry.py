@@ -1,51 +1,38 @@
-"""Which models are served: resolve ids to folders, pick a backend, load, look up."""
+"""How a model is loaded: resolve ids to folders, pick a backend, load the engine."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.engine.base import Engine
-from server.engine.templates import ChatTemplate
-from server.engine.worker import GenerationWorker
-from server.errors import InvalidRequest, ModelLoadError, ModelNotFound
+from server.engine.resident import LoadedModel
+from server.errors import ModelLoadError
+
+__all__ = ["LoadedModel", "backend_for", "choose_backend", "load_engine", "resolve_model_path"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to serve: its engine, the worker that runs it, its template."""
-
-    id: str
-    engine: Engine
-    worker: GenerationWorker
-    template: ChatTemplate
-    created: int = field(default_factory=lambda: int(time.time()))
-    owned_by: str = "pomar"
-    parent: str | None = None
-    #: a LoRA adapter applied on the shared base engine (fine-tuned models)
-    adapter: Path | None = None
-    #: the model's own sampling defaults (temperature, top_p) for requests that name none
-    sampling: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_model_path(model: str, models_dir: Path) -> Path:
     """Map a model id to a local HF-format folder, a .gguf file or a folder holding one.
 
     The embedded id is imported into the store once (its folder names the GGUF it came
-    from, which the GGUF engine serves); a local folder or .gguf file is used as is;
-    anything else is a Hugging Face repo id, taken from the local cache first and
-    downloaded only where the hub is reachable.
+    from, which the GGUF engine serves); an id in the store (`pomar models list`) is its
+    folder; a local folder or .gguf file is used as is; anything else is a Hugging Face
+    repo id, taken from the local cache first and downloaded only where the hub is
+    reachable.
     """
+    from server.catalog import ModelCatalog
     from server.engine.embedded import EMBEDDED_MODEL_ID, ensure_embedded_model
 
     if model == EMBEDDED_MODEL_ID:
         return ensure_embedded_model(models_dir)
+    stored = ModelCatalog(models_dir).get(model)
+    if stored is not None:
+        return stored.path
     local = Path(model).expanduser()
     if local.is_file() and local.suffix == ".gguf":
         return local.resolve()
@@ -112,6 +99,22 @@ def choose_backend(requested: str, model_path: Path | None = None) -> tuple[str,
     if device is None:
         return "torch", f"{cpu_only}; MLX is not usable here ({mlx_problem})"
     return "mlx", f"{cpu_only}: MLX on the CPU"
+
+
+def backend_for(requested: str, path: Path) -> str:
+    """The engine for one model: its format decides where only one engine can load it.
+
+    A GGUF file (or a folder holding only GGUF weights) needs the GGUF engine; an
+    MLX-quantized folder needs MLX; anything else follows `choose_backend`.
+    """
+    config = path / "config.json"
+    if path.is_file() or not config.is_file():
+        return "gguf"
+    if '"quantization"' in config.read_text(encoding="utf-8", errors="replace"):
+        return "mlx"
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        return "gguf"  # a converted GGUF folder keeps config.json for its tokenizer
+    return choose_backend(requested, path)[0]
 
 
 def training_backend(serving: str) -> str:
@@ -185,69 +188,3 @@ def load_engine(backend: str, path: Path, mlx_options: Mapping[str, int] | None 
 
         return TorchEngine(path)
     raise ModelLoadError(f"unknown backend '{backend}'")
-
-
-class ModelRegistry:
-    """The models this server answers for, by id."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, LoadedModel] = {}
-        #: ids served by another endpoint (the embedding model): naming one here is a 400
-        self._elsewhere: dict[str, str] = {}
-
-    def refuse(self, model_id: str, reason: str) -> None:
-        """Answer `get(model_id)` with a 400 `reason`: a model for another endpoint."""
-        self._elsewhere[model_id] = reason
-
-    def add(self, model: LoadedModel) -> None:
-        """Serve `model` under its id."""
-        self._models[model.id] = model
-
-    def add_adapter_model(self, model_id: str, base_id: str, adapter: Path, created: int) -> None:
-        """Serve a LoRA adapter as its own model on the already-loaded base (no reload).
-
-        Called from the job runner's thread: one dict assignment, atomic under the GIL.
-        """
-        base = self.get(base_id)
-        self._models[model_id] = LoadedModel(
-            id=model_id,
-            engine=base.engine,
-            worker=base.worker,
-            template=base.template,
-            created=created,
-            parent=base_id,
-            adapter=adapter,
-            sampling=base.sampling,
-        )
-
-    def base_path(self, model_id: str) -> Path | None:
-        """The weights folder of a served base model (None if not served or an adapter)."""
-        model = self._models.get(model_id)
-        if model is None or model.adapter is not None:
-            return None
-        return Path(model.engine.model_path)
-
-    def get(self, model_id: str) -> LoadedModel:
-        """The model with this id, a 400 for one refused here, or a 404 `model_not_found`."""
-        if model_id in self._elsewhere:
-            reason = self._elsewhere[model_id]
-            raise InvalidRequest(reason, param="model", code="model_not_supported")
-        try:
-            return self._models[model_id]
-        except KeyError:
-            raise ModelNotFound(model_id) from None
-
-    def all(self) -> list[LoadedModel]:
-        """Every served model, oldest first."""
-        return list(self._models.values())
-
-    def remove(self, model_id: str) -> LoadedModel:
-        """Stop serving a model (404 if unknown)."""
-        model = self.get(model_id)
-        del self._models[model_id]
-        return model
-
-    def close(self) -> None:
-        """Stop every worker thread."""
-        for worker in {id(m.worker): m.worker for m in self._models.values()}.values():
-            worker.close()

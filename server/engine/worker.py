@@ -126,6 +126,10 @@ class GenerationWorker:
         """Stop the thread after the jobs already queued."""
         self._jobs.put(None)
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end (after `close`)."""
+        self._thread.join(timeout)
+
     def _run(self) -> None:
         active: list[tuple[_Job[Any], Iterator[Any]]] = []
         waiting: deque[_Job[Any]] = deque()

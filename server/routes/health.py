@@ -11,8 +11,9 @@ from server.routes.common import ok
 
 async def health(request: Request) -> Response:
     services = request.app.state.services
-    default = services.registry.all()[0]
-    return ok({"status": "ok", "model": default.id, "backend": default.engine.backend})
+    default = services.registry.default()
+    loaded = [m.id for m in services.registry.loaded()]
+    return ok({"status": "ok", "model": default.id, "backend": default.backend, "loaded": loaded})
 
 
 routes = [Route("/health", health, methods=["GET"])]

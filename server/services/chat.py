@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 from server.engine.base import GenerationParams, Sampled
-from server.engine.registry import LoadedModel, ModelRegistry
+from server.engine.resident import LoadedModel
 from server.errors import InvalidRequest
 from server.protocol.chat import (
     AssistantMessage,
@@ -44,17 +44,15 @@ class PreparedChat:
 
 
 class ChatService:
-    """Runs chat completions on the registry's models."""
+    """Runs chat completions on the models the routes lease."""
 
-    def __init__(self, registry: ModelRegistry, *, max_n: int, default_max_tokens: int) -> None:
-        self._registry = registry
+    def __init__(self, *, max_n: int, default_max_tokens: int) -> None:
         self._max_n = max_n
         self._default_max_tokens = default_max_tokens
         self._logprobs = LogprobFormatter()
 
-    def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
-        """Resolve the model and check everything that can fail before generation starts."""
-        model = self._registry.get(request.model)
+    def prepare(self, request: ChatCompletionRequest, model: LoadedModel) -> PreparedChat:
+        """Check everything that can fail before generation starts, on the leased model."""
         n = request.n or 1
         if n > self._max_n:
             raise InvalidRequest(f"n must be at most {self._max_n} on this server.", param="n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -12,7 +13,7 @@ from server.engine.base import Engine, GenerationParams, Sampled
 from server.engine.detokenizer import Detokenizer
 from server.engine.fim import FimTokens, document_end_ids, find_fim_tokens
 from server.engine.generation import Chunk
-from server.engine.registry import LoadedModel, ModelRegistry
+from server.engine.resident import LoadedModel
 from server.engine.token_bytes import TokenBytes
 from server.errors import InvalidRequest
 from server.protocol.common import new_id, now
@@ -92,17 +93,15 @@ class _Result:
 
 
 class CompletionService:
-    """Runs legacy completions on the registry's models."""
+    """Runs legacy completions on the models the routes lease."""
 
-    def __init__(self, registry: ModelRegistry, *, max_n: int) -> None:
-        self._registry = registry
+    def __init__(self, *, max_n: int) -> None:
         self._max_n = max_n
-        # per engine (adapter models share their base's); the engine is kept alive with it
-        self._facts: dict[int, tuple[Engine, TokenizerFacts]] = {}
+        # per engine (adapter models share their base's); weak keys let unloaded engines go
+        self._facts: weakref.WeakKeyDictionary[Engine, TokenizerFacts] = weakref.WeakKeyDictionary()
 
-    def prepare(self, request: CompletionRequest) -> PreparedCompletion:
-        """Resolve the model and check everything that can fail before generation starts."""
-        model = self._registry.get(request.model)
+    def prepare(self, request: CompletionRequest, model: LoadedModel) -> PreparedCompletion:
+        """Check everything that can fail before generation starts, on the leased model."""
         for name, value in (("n", request.n), ("best_of", request.best_of)):
             if value is not None and value > self._max_n:
                 raise InvalidRequest(f"{name} must be at most {self._max_n} here.", param=name)
@@ -225,10 +224,10 @@ class CompletionService:
             yield chunk([], generated)
 
     def _facts_of(self, engine: Engine) -> TokenizerFacts:
-        entry = self._facts.get(id(engine))
-        if entry is None:
-            entry = self._facts[id(engine)] = (engine, TokenizerFacts.of(engine.tokenizer))
-        return entry[1]
+        facts = self._facts.get(engine)
+        if facts is None:
+            facts = self._facts[engine] = TokenizerFacts.of(engine.tokenizer)
+        return facts
 
     @staticmethod
     def _prompt(facts: TokenizerFacts, prompt: str | list[int], suffix: str | None) -> PromptInput:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.engine.embeddings import EmbeddingEngine, EmbeddingModel, resolve_embedding_model
-from server.engine.registry import ModelRegistry
+from server.engine.served import ModelRegistry
 from server.errors import InvalidRequest, NotFound
 from server.protocol.embeddings import (
     Embedding,

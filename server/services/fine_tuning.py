@@ -6,7 +6,8 @@ import contextlib
 import random
 from collections.abc import Iterator
 
-from server.engine.registry import ModelRegistry, training_backend
+from server.engine.registry import training_backend
+from server.engine.served import ModelRegistry
 from server.errors import InvalidRequest, NotFound
 from server.jobs.runner import JobRunner
 from server.protocol.fine_tuning import (
@@ -42,14 +43,15 @@ class FineTuningService:
 
     def create(self, request: JobCreateRequest) -> FineTuningJob:
         """Check the model and files, store the job (`validating_files`) and queue it."""
-        base = self._registry.get(request.model)
-        if base.adapter is not None:
+        adapter = self._registry.adapter(request.model)
+        if adapter is not None:
             raise InvalidRequest(
                 "Fine-tuning a fine-tuned model is not supported yet; use its base model "
-                f"'{base.parent}'.",
+                f"'{adapter.base_id}'.",
                 param="model",
                 code="model_not_supported",
             )
+        base = self._registry.spec(request.model)
         self._check_file(request.training_file, "training_file")
         if request.validation_file:
             self._check_file(request.validation_file, "validation_file")
@@ -64,8 +66,8 @@ class FineTuningService:
             method={"type": "supervised", "supervised": {"hyperparameters": hp}},
             suffix=request.suffix,
             metadata=request.metadata,
-            backend=training_backend(base.engine.backend),
-            base_model_path=base.engine.model_path,
+            backend=training_backend(base.backend),
+            base_model_path=str(base.path),
         )
         self._store.events.add(job.id, f"Created fine-tuning job: {job.id}")
         self._runner.submit(job.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,16 +18,15 @@ class LogprobFormatter:
     """Formats logprobs for any served model, keeping one byte table per tokenizer."""
 
     def __init__(self) -> None:
-        self._tables: dict[int, tuple[Any, TokenBytes]] = {}
+        # weak keys: an unloaded model's tokenizer (and its table) can be freed
+        self._tables: weakref.WeakKeyDictionary[Any, TokenBytes] = weakref.WeakKeyDictionary()
 
     def token_bytes(self, tokenizer: Any) -> TokenBytes:
         """The (cached) token -> bytes table of this tokenizer."""
-        # keyed by identity; the tokenizer is kept alive with its table so ids stay unique
-        entry = self._tables.get(id(tokenizer))
-        if entry is None:
-            entry = (tokenizer, TokenBytes(tokenizer))
-            self._tables[id(tokenizer)] = entry
-        return entry[1]
+        table = self._tables.get(tokenizer)
+        if table is None:
+            table = self._tables[tokenizer] = TokenBytes(tokenizer)
+        return table
 
     def chat(self, tokenizer: Any, sampled: Sequence[Sampled]) -> ChoiceLogprobs:
         """The `logprobs` of a chat choice (or of one stream chunk) for these tokens."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from server.engine.embeddings import EmbeddingModel
-from server.engine.registry import LoadedModel, ModelRegistry
-from server.errors import InvalidRequest
+from server.engine.resident import Listing
+from server.engine.served import ModelRegistry
+from server.errors import InvalidRequest, ModelNotFound
 from server.protocol.models import ModelCard, ModelDeleted, ModelList
 from server.store import Store
 
@@ -20,8 +21,8 @@ class ModelService:
         self._embedding = embedding
 
     def list(self) -> ModelList:
-        """Every model this server answers for."""
-        cards = [_card(m) for m in self._registry.all()]
+        """Every model this server answers for: loaded or not, stored or fine-tuned."""
+        cards = [_card(row) for row in self._registry.listing()]
         if self._embedding is not None:
             cards.append(_embedding_card(self._embedding))
         return ModelList(data=cards)
@@ -30,13 +31,18 @@ class ModelService:
         """One model, or a 404 `model_not_found`."""
         if self._embedding is not None and model_id == self._embedding.id:
             return _embedding_card(self._embedding)
-        return _card(self._registry.get(model_id))
+        for row in self._registry.listing():
+            if row.id == model_id:
+                return _card(row)
+        self._registry.spec(model_id)  # the 400 (another endpoint's model) or 404
+        raise ModelNotFound(model_id)
 
     def delete(self, model_id: str) -> ModelDeleted:
         """Delete a fine-tuned model (or checkpoint model); base models cannot be deleted."""
         is_embedding = self._embedding is not None and model_id == self._embedding.id
-        model = None if is_embedding else self._registry.get(model_id)
-        if model is None or model.adapter is None:
+        if not is_embedding and self._registry.adapter(model_id) is None:
+            self._registry.spec(model_id)  # unknown: 404
+        if is_embedding or self._registry.adapter(model_id) is None:
             raise InvalidRequest(
                 f"'{model_id}' is a base model; only fine-tuned models can be deleted.",
                 param="model",
@@ -47,9 +53,9 @@ class ModelService:
         return ModelDeleted(id=model_id, deleted=True)
 
 
-def _card(model: LoadedModel) -> ModelCard:
+def _card(row: Listing) -> ModelCard:
     return ModelCard(
-        id=model.id, created=model.created, owned_by=model.owned_by, parent=model.parent
+        id=row.id, created=row.created, owned_by="pomar", parent=row.parent, loaded=row.loaded
     )
 
 
