@@ -1,4 +1,4 @@
-"""The `pomar` command: serve, data (and later tune, models)."""
+"""The `pomar` command: serve, data, tune, models, bench."""
 
 from __future__ import annotations
 
@@ -48,6 +48,15 @@ def _serve_parser(sub: Any) -> None:
         type=int,
         help="memory bound of the prompt cache in MiB (POMAR_PROMPT_CACHE_MB, default 256)",
     )
+    p.add_argument(
+        "--max-memory",
+        help="memory budget for loaded models, e.g. 8GB (POMAR_MAX_MEMORY, default RAM - 4 GiB)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        help="unload a model idle this long: seconds or 30s/5m/1h, -1 never "
+        "(POMAR_KEEP_ALIVE, default 5m; the start model stays)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     from server import tune
 
     tune.add_parser(sub)
+    from server import bench
+
+    bench.add_parser(sub)
+    from server.catalog import cli as models_cli
+
+    models_cli.add_parser(sub)
     data = sub.add_parser("data", help="dataset lab: check | prepare | convert", add_help=False)
     data.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -77,6 +92,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "max_batch_size",
         "prompt_cache_entries",
         "prompt_cache_mb",
+        "max_memory",
+        "keep_alive",
     )
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return Settings(**overrides)
@@ -104,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
 
             args.backend = training_backend(choose_backend(requested)[0])
         return tune.run(args)
+    if args.command == "models":
+        from server.catalog import cli as models_cli
+
+        return models_cli.run(args)
+    if args.command == "bench":
+        from server import bench
+
+        return bench.run(args)
     return 2
 
 
