@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -33,7 +34,7 @@ from server.engine.templates import ChatTemplate, sampling_defaults
 from server.engine.worker import GenerationWorker
 from server.errors import PomarError, error_envelope
 from server.jobs.runner import JobRunner
-from server.middleware import APIKeyMiddleware
+from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from server.routes import chat, completions, embeddings, files, fine_tuning, health, models
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
@@ -91,7 +92,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
                 registry=registry,
                 models=ModelService(registry, store, embedding),
                 chat=ChatService(
-                    max_n=settings.max_n, default_max_tokens=settings.default_max_tokens
+                    max_n=settings.max_n,
+                    default_max_tokens=settings.default_max_tokens,
+                    max_messages=settings.max_messages,
                 ),
                 completions=CompletionService(max_n=settings.max_n),
                 store=store,
@@ -111,6 +114,23 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             store.close()
 
     middleware = []
+    if settings.cors_origins:
+        # outermost, so browsers' preflight requests are answered before the key check
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+            )
+        )
+    middleware.append(
+        Middleware(
+            BodyLimitMiddleware,
+            max_bytes=settings.max_body_bytes,
+            exempt=frozenset({"/v1/files"}),
+        )
+    )
     if settings.api_key is not None:
         middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
     return Starlette(

@@ -49,6 +49,21 @@ def _serve_parser(sub: Any) -> None:
         help="memory bound of the prompt cache in MiB (POMAR_PROMPT_CACHE_MB, default 256)",
     )
     p.add_argument(
+        "--cors-origins",
+        help="browser origins allowed to call the API, comma-separated, * for any "
+        "(POMAR_CORS_ORIGINS; default none: CORS off)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help="largest JSON request body (POMAR_MAX_BODY_BYTES, default 8 MiB)",
+    )
+    p.add_argument(
+        "--max-messages",
+        type=int,
+        help="most messages in one chat request (POMAR_MAX_MESSAGES, default 2048)",
+    )
+    p.add_argument(
         "--max-memory",
         help="memory budget for loaded models, e.g. 8GB (POMAR_MAX_MEMORY, default RAM - 4 GiB)",
     )
@@ -94,6 +109,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "prompt_cache_mb",
         "max_memory",
         "keep_alive",
+        "cors_origins",
+        "max_body_bytes",
+        "max_messages",
     )
     overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return Settings(**overrides)

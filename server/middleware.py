@@ -1,13 +1,13 @@
-"""Bearer API-key check for every `/v1` route, as a pure ASGI middleware."""
+"""Pure ASGI middlewares: the Bearer API-key check on `/v1`, and the request-body cap."""
 
 from __future__ import annotations
 
 import hmac
 import json
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import AuthenticationFailed
+from server.errors import AuthenticationFailed, PomarError
 
 
 class APIKeyMiddleware:
@@ -31,18 +31,68 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class RequestTooLarge(PomarError):
+    """A request body over the server's cap."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with a 413, before reading them whole.
+
+    Checked on the declared Content-Length and again on the bytes as they arrive (a
+    chunked body has no length). Paths in `exempt` (file uploads) have their own cap.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: frozenset[str]) -> None:
+        self.app = app
+        self._max = max_bytes
+        self._exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") in self._exempt:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self._max:
+            await _send_error(send, self._too_large())
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._max:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(
+            f"The request body is larger than this server accepts ({self._max} bytes; "
+            "POMAR_MAX_BODY_BYTES)."
+        )
+
+
 async def _refuse(send: Send, message: str) -> None:
-    error = AuthenticationFailed(message)
+    await _send_error(send, AuthenticationFailed(message), [(b"www-authenticate", b"Bearer")])
+
+
+async def _send_error(
+    send: Send, error: PomarError, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps(error.to_envelope()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send(
         {
             "type": "http.response.start",
             "status": error.status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b"Bearer"),
-            ],
+            "headers": headers + (extra or []),
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ByteSize, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Backend = Literal["auto", "mlx", "torch", "gguf"]
 
@@ -36,6 +37,17 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         512 * 1024 * 1024, ge=1, description="Largest file `/v1/files` accepts, in bytes."
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body, in bytes (file uploads have max_upload_bytes).",
+    )
+    max_messages: int = Field(2048, ge=1, description="Most messages one chat request may carry.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (CORS); empty: CORS off. "
+        "POMAR_CORS_ORIGINS takes a JSON list or a comma-separated list; '*' allows any.",
+    )
     embedding_model: str = Field(
         "all-minilm-l6-v2",
         description="`/v1/embeddings` model: the embedded id, a local sentence-transformers "
@@ -61,6 +73,17 @@ class Settings(BaseSettings):
         description="Seconds an idle model stays loaded (the model named at start stays); "
         "-1 keeps models loaded. Also takes 30s, 5m, 1h.",
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        # a JSON list, or the friendlier comma-separated spelling
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -51,6 +51,12 @@ def add_parser(sub: Any) -> None:
     c.add_argument("model_id")
     c.add_argument("--to", required=True, choices=["mlx", "gguf"])
     _quant_args(c)
+    c.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="weights of an unquantized conversion (default: the source's; float32 is "
+        "fastest for MLX on a CPU)",
+    )
 
     c = cmds.add_parser("rm", parents=[common], help="delete a stored model")
     c.add_argument("model_id")
@@ -179,6 +185,7 @@ def _convert(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog
         q_bits=args.q_bits,
         group_size=args.group_size,
         new_id=args.new_id,
+        dtype=args.dtype,
     )
     _added("converted", entry)
     return 0

@@ -145,6 +145,7 @@ class ModelCatalog:
             raise CatalogError(f"a model '{model_id}' is already in the store ({dest})")
         self.models_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=_TMP, dir=self.models_dir))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from other local users
         try:
             build(tmp)
             entry = CatalogEntry(

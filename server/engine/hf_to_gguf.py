@@ -5,9 +5,11 @@ The file is what llama.cpp's own ``convert_hf_to_gguf.py`` writes for ``LlamaMod
 ids and chat template (``gguf.SpecialVocab``), tensor names from the ``gguf`` package's
 tensor-name map, and the q/k projection rows permuted into llama.cpp's rotary layout
 (`permute_rows`). Tied embeddings write no ``output.weight`` (llama.cpp reuses
-``token_embd``). Output types: ``f32``, ``f16`` and ``q8_0`` (``gguf.quants``); as in
+``token_embd``). Output types: ``f32``, ``f16``, ``q8_0`` and ``q4_0`` (``gguf.quants``); as in
 llama.cpp, 1-D tensors (norms) always stay f32, and a tensor whose rows do not split into
-Q8_0 blocks falls back to f16.
+32-value blocks falls back to f16. Under ``q4_0`` the output projection and the token
+embeddings stay Q8_0: llama-quantize keeps them at higher precision too (Q6_K, which the
+``gguf`` package cannot write), and 4 bits there cost the most quality.
 
 The reverse direction (GGUF → HF, for the embedded model) is `server.engine.gguf_to_hf`.
 """
@@ -26,10 +28,12 @@ import numpy as np
 import numpy.typing as npt
 
 #: the output types: the tensor type of 2-D weights (1-D ones stay f32)
-OUT_TYPES = ("f32", "f16", "q8_0")
+OUT_TYPES = ("f32", "f16", "q8_0", "q4_0")
 #: architectures whose GGUF q/k rows are permuted by convert_hf_to_gguf.py (LlamaModel)
 PERMUTED_QK = frozenset({"llama"})
 _LLAMA_MODEL_TYPES = frozenset({"llama"})
+#: tensors kept at Q8_0 in a q4_0 file (the output projection, and the embeddings it may share)
+_Q4_KEEP_Q8 = frozenset({"output.weight", "token_embd.weight"})
 #: HF's LlamaConfig default, for a config that names no rope_theta anywhere
 _DEFAULT_ROPE_THETA = 10000.0
 
@@ -57,7 +61,7 @@ def convert_hf_to_gguf(src: Path, out: Path, out_type: str = "f16") -> Path:
         src: a folder with ``config.json``, ``*.safetensors`` and a byte-level BPE
             tokenizer (``tokenizer.json``).
         out: the .gguf file to write (replaced atomically if it exists).
-        out_type: ``f32``, ``f16`` or ``q8_0``.
+        out_type: ``f32``, ``f16``, ``q8_0`` or ``q4_0``.
 
     Raises:
         ValueError: not a Llama model, an unsupported tokenizer or rope scaling, an
@@ -129,6 +133,7 @@ def _write_hparams(writer: Any, config: dict[str, Any], src: Path, out_type: str
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
     }[out_type]
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -223,8 +228,9 @@ def _add_tensor(writer: Any, name: str, value: npt.NDArray[Any], out_type: str) 
     if data.ndim <= 1 or out_type == "f32":  # norms stay f32, as llama.cpp keeps them
         writer.add_tensor(name, data)
         return
-    if out_type == "q8_0":
-        qtype = gguf.GGMLQuantizationType.Q8_0
+    if out_type in ("q8_0", "q4_0"):
+        q4 = out_type == "q4_0" and name not in _Q4_KEEP_Q8
+        qtype = gguf.GGMLQuantizationType.Q4_0 if q4 else gguf.GGMLQuantizationType.Q8_0
         try:
             writer.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
             return

@@ -46,13 +46,20 @@ class PreparedChat:
 class ChatService:
     """Runs chat completions on the models the routes lease."""
 
-    def __init__(self, *, max_n: int, default_max_tokens: int) -> None:
+    def __init__(self, *, max_n: int, default_max_tokens: int, max_messages: int = 2048) -> None:
         self._max_n = max_n
+        self._max_messages = max_messages
         self._default_max_tokens = default_max_tokens
         self._logprobs = LogprobFormatter()
 
     def prepare(self, request: ChatCompletionRequest, model: LoadedModel) -> PreparedChat:
         """Check everything that can fail before generation starts, on the leased model."""
+        if len(request.messages) > self._max_messages:
+            raise InvalidRequest(
+                f"A request may carry at most {self._max_messages} messages on this server "
+                f"(POMAR_MAX_MESSAGES); this one has {len(request.messages)}.",
+                param="messages",
+            )
         n = request.n or 1
         if n > self._max_n:
             raise InvalidRequest(f"n must be at most {self._max_n} on this server.", param="n")
