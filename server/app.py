@@ -35,7 +35,16 @@ from server.engine.worker import GenerationWorker
 from server.errors import PomarError, error_envelope
 from server.jobs.runner import JobRunner
 from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
-from server.routes import chat, completions, embeddings, files, fine_tuning, health, models
+from server.routes import (
+    chat,
+    completions,
+    embeddings,
+    files,
+    fine_tuning,
+    health,
+    models,
+    openapi,
+)
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService, serve_embedding_model
@@ -142,6 +151,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             *files.routes,
             *fine_tuning.routes,
             *embeddings.routes,
+            *openapi.routes,
         ],
         middleware=middleware,
         lifespan=lifespan,

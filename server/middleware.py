@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 
@@ -15,15 +16,20 @@ class APIKeyMiddleware:
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self._key = api_key.encode()
+        # compared as digests: the same length whatever the client sends
+        self._digest = hashlib.sha256(api_key.encode()).digest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/v1"):
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
-            # constant-time comparison: the key must not leak through timing
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
+            # constant-time comparison: neither the key nor its length may leak through timing
+            given = hashlib.sha256(token.strip()).digest()
+            if not hmac.compare_digest(given, self._digest) or scheme.lower() != b"bearer":
+                if scope["type"] == "websocket":  # no such routes; refused all the same
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
                 await _refuse(
                     send, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'."
                 )
@@ -56,7 +62,8 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self._max:
+        # a length too long to be a number worth reading is over the cap too
+        if declared.isdigit() and (len(declared) > 18 or int(declared) > self._max):
             await _send_error(send, self._too_large())
             return
         received = 0

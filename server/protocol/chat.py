@@ -86,6 +86,19 @@ _UNSUPPORTED: dict[str, Any] = {
 class ChatCompletionRequest(SamplingRequest):
     """The body of `POST /v1/chat/completions`. Extra unknown fields are accepted and ignored."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]},
+                {
+                    "model": "smollm2-135m-instruct",
+                    "messages": [{"role": "user", "content": "Hi"}],
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+            ]
+        }
+    )
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)

@@ -40,3 +40,27 @@ def new_id(prefix: str, nbytes: int = 12) -> str:
 def now() -> int:
     """Unix seconds, the unit of every `created` field."""
     return int(time.time())
+
+
+class ErrorDetail(OpenAIModel):
+    """OpenAI's error object: every 4xx/5xx answer (and an error mid-stream) carries one."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(OpenAIModel):
+    """The error envelope `{"error": {...}}`."""
+
+    error: ErrorDetail
+
+
+class Health(OpenAIModel):
+    """`GET /health` (a pomar endpoint): the default model is loaded and serving."""
+
+    status: str
+    model: str
+    backend: str
+    loaded: list[str]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from server.engine.base import GenerationParams
 from server.errors import InvalidRequest
@@ -25,6 +25,14 @@ Prompt = str | list[str] | list[TokenId] | list[list[TokenId]]
 class CompletionRequest(SamplingRequest):
     """The body of `POST /v1/completions`. Extra unknown fields are accepted and ignored."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "smollm2-135m-instruct", "prompt": "Once", "logprobs": 2, "echo": True},
+                {"model": "smollm2-135m-instruct", "prompt": ["a", "b"], "stream": True},
+            ]
+        }
+    )
     #: None means "the start of a new document", as OpenAI's default `<|endoftext|>` does
     prompt: Prompt | None = Field(union_mode="left_to_right")
     suffix: str | None = None

@@ -19,7 +19,15 @@ EmbeddingInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[Stric
 class EmbeddingRequest(BaseModel):
     """The body of `POST /v1/embeddings`. Extra unknown fields are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"model": "all-minilm-l6-v2", "input": ["a", "b"]},
+                {"model": "all-minilm-l6-v2", "input": "a", "encoding_format": "base64"},
+            ]
+        },
+    )
 
     input: EmbeddingInput = Field(
         description="A string, a list of strings, a token-id list or a list of token-id lists."

@@ -24,8 +24,9 @@ class FileObject(OpenAIModel):
     filename: str
     purpose: str
     status: FileStatus = "processed"
-    expires_at: int | None = None
-    status_details: str | None = None
+    #: left out when unset (OpenAI's schema has no null for either)
+    expires_at: int | None = Field(None, exclude_if=lambda v: v is None)
+    status_details: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class FileList(OpenAIModel):

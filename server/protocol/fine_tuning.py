@@ -237,3 +237,18 @@ class CheckpointList(OpenAIModel):
     has_more: bool
     first_id: str | None = None
     last_id: str | None = None
+
+
+class JobPageQuery(BaseModel):
+    """Query parameters of the fine-tuning job and event lists."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    after: str | None = Field(None, description="List the items after this id.")
+    limit: int = Field(20, ge=1, le=100, description="Page size.")
+
+
+class CheckpointPageQuery(JobPageQuery):
+    """Query parameters of a job's checkpoint list."""
+
+    limit: int = Field(10, ge=1, le=100, description="Page size.")

@@ -30,7 +30,8 @@ class SamplingRequest(BaseModel):
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     n: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    #: OpenAI's range (int64); engines get it as a non-negative int (see sampling_params)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
@@ -85,7 +86,8 @@ class SamplingRequest(BaseModel):
             temperature=temperature,
             top_p=top_p,
             stop=tuple(stops),
-            seed=self.seed,
+            # one non-negative seed for every engine (numpy's generator refuses negatives)
+            seed=None if self.seed is None else self.seed % 2**63,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},

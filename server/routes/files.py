@@ -15,6 +15,9 @@ from server.protocol.files import ListFilesQuery
 from server.routes.common import json_response
 from server.services.files import MAX_FIELD_BYTES, MAX_FIELDS, FileService, Upload
 
+#: the longest multipart boundary RFC 2046 allows
+MAX_BOUNDARY = 70
+
 
 def _service(request: Request) -> FileService:
     service: FileService = request.app.state.services.files
@@ -147,6 +150,10 @@ async def _read_form(
     if content_type != b"multipart/form-data" or not boundary:
         raise InvalidRequest(
             "Expected a multipart/form-data body with the fields 'file' and 'purpose'."
+        )
+    if len(boundary) > MAX_BOUNDARY:
+        raise InvalidRequest(
+            f"The multipart boundary is longer than {MAX_BOUNDARY} characters (RFC 2046)."
         )
     declared = _content_length(request)
     service.check_declared_size(declared)

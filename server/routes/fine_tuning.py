@@ -19,7 +19,7 @@ def _service(request: Request) -> FineTuningService:
 def _page(request: Request, default: int = 20) -> tuple[str | None, int]:
     after = request.query_params.get("after") or None
     raw = request.query_params.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
         raise InvalidRequest("limit must be an integer between 1 and 100.", param="limit")
     return after, int(raw)
 

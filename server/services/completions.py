@@ -92,6 +92,10 @@ class _Result:
     cached_tokens: int = 0
 
 
+#: a request's prompts × candidates may reach this many times POMAR_MAX_N
+MAX_CHOICES_PER_N = 16
+
+
 class CompletionService:
     """Runs legacy completions on the models the routes lease."""
 
@@ -122,7 +126,17 @@ class CompletionService:
                     code="fim_not_supported",
                 )
             ends |= facts.fim.ends
-        prompts = [self._prompt(facts, p, request.suffix) for p in request.prompts()]
+        raw_prompts = request.prompts()
+        # a list of prompts multiplies the work like n does: cap the total as n is capped
+        total = len(raw_prompts) * request.candidates_per_prompt
+        if total > MAX_CHOICES_PER_N * self._max_n:
+            raise InvalidRequest(
+                f"This request asks for {total} completions ({len(raw_prompts)} prompts × "
+                f"{request.candidates_per_prompt}); this server generates at most "
+                f"{MAX_CHOICES_PER_N * self._max_n} per request.",
+                param="prompt",
+            )
+        prompts = [self._prompt(facts, p, request.suffix) for p in raw_prompts]
         context = model.engine.context_length
         for p in prompts:
             if len(p.ids) >= context:

@@ -1,0 +1,136 @@
+"""OpenAI's specification as the conformance tests use it, and bounds on fuzzed requests."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import schemathesis
+from hypothesis import HealthCheck, settings
+from live_server import API_KEY
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+OPENAI_SPEC = Path(__file__).resolve().parents[2].parent / "shared/openai-openapi/openapi.json"
+
+CHECKS = [not_a_server_error, response_schema_conformance]
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+#: fuzzed cases per operation (each one HTTP request; generation ones run the model)
+MAX_EXAMPLES = 25
+FUZZ = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+#: OpenAI's operation ids of the operations pomar implements
+OPENAI_OPERATIONS = (
+    "createChatCompletion",
+    "createCompletion",
+    "createEmbedding",
+    "listModels",
+    "retrieveModel",
+    "deleteModel",
+    "createFile",
+    "listFiles",
+    "retrieveFile",
+    "deleteFile",
+    "downloadFile",
+    "createFineTuningJob",
+    "listPaginatedFineTuningJobs",
+    "retrieveFineTuningJob",
+    "cancelFineTuningJob",
+    "listFineTuningEvents",
+    "listFineTuningJobCheckpoints",
+)
+
+#: request fields whose fuzzed values are capped, so the tiny model answers quickly
+_CAPS = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "best_of": 2}
+_GENERATION_PATHS = ("/chat/completions", "/completions", "/embeddings")
+
+
+def sse_event_schema(chunk_ref: str) -> dict[str, Any]:
+    """A `text/event-stream` schema over parsed events: each `data` is a JSON chunk or `[DONE]`.
+
+    OpenAI's document puts the chunk schema itself under `text/event-stream`, which
+    schemathesis (rightly, for OpenAPI 3.1) applies to the parsed event objects
+    `{"data": "...", "event": "message"}`; this says where the chunk really is.
+    """
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "string"}},
+        "if": {"properties": {"data": {"const": "[DONE]"}}},
+        "else": {
+            "properties": {
+                "data": {
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": chunk_ref},
+                }
+            }
+        },
+    }
+
+
+@cache
+def _openai_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(OPENAI_SPEC.read_text())
+    chat = spec["paths"]["/chat/completions"]["post"]["responses"]["200"]["content"]
+    chat["text/event-stream"] = {
+        "schema": sse_event_schema("#/components/schemas/CreateChatCompletionStreamResponse")
+    }
+    # OpenAI streams legacy completions too (as `text_completion` chunks of the response's
+    # shape) but documents only the JSON answer.
+    legacy = spec["paths"]["/completions"]["post"]["responses"]["200"]["content"]
+    legacy["text/event-stream"] = {
+        "schema": sse_event_schema("#/components/schemas/CreateCompletionResponse")
+    }
+    # pomar deliberately answers an empty page of files with null first_id / last_id (its
+    # document says so): OpenAI's schema wants strings, and there is no id to give.
+    page = spec["components"]["schemas"]["ListFilesResponse"]["properties"]
+    for name in ("first_id", "last_id"):
+        page[name]["type"] = ["string", "null"]
+    # OpenAI's own inconsistency: CreateFileRequest takes purpose "evals", which the file
+    # object's purpose enum lacks; pomar echoes the purpose it was given.
+    purpose = spec["components"]["schemas"]["OpenAIFile"]["properties"]["purpose"]
+    if "evals" not in purpose["enum"]:
+        purpose["enum"].append("evals")
+    return spec
+
+
+def load_openai_spec() -> dict[str, Any]:
+    """OpenAI's document, its event streams described per event; one deliberate difference."""
+    return copy.deepcopy(_openai_spec())
+
+
+def clamp_generation(case: schemathesis.Case, served: dict[str, str]) -> None:
+    """Point most generation requests at a served model and cap their lengths and counts.
+
+    `served` maps `chat` and `embeddings` to the model ids serving them. A request whose
+    fuzzed model id has a length divisible by 4 keeps it (the 404 path).
+    """
+    body = case.body
+    if not isinstance(body, dict) or not case.path.endswith(_GENERATION_PATHS):
+        return
+    model = body.get("model")
+    if not (isinstance(model, str) and len(model) % 4 == 0):
+        body["model"] = served["embeddings" if case.path.endswith("/embeddings") else "chat"]
+    for name, cap in _CAPS.items():
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > cap:
+            body[name] = cap
+
+
+def configure(schema: Any) -> Any:
+    """Examples and fuzzing (no coverage phase: its case count is not bounded), few cases."""
+    schema.config.update(request_timeout=120)
+    schema.config.phases.update(phases=["examples", "fuzzing"])
+    schema.config.generation.update(
+        max_examples=MAX_EXAMPLES, deterministic=True, with_security_parameters=False
+    )
+    return schema
