@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
@@ -16,6 +18,11 @@ from starlette.responses import JSONResponse, Response
 from server.errors import InvalidRequest, PomarError, error_envelope
 
 T = TypeVar("T")
+
+#: deepest nesting of arrays/objects a JSON body may have: deeper input would only serve
+#: to exhaust the recursion of the parser, the validators or the grammar compiler
+MAX_JSON_DEPTH = 128
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +34,54 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not valid UTF-8 text.") from None
+    except json.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:  # e.g. an integer over Python's 4300-digit conversion limit
+        raise InvalidRequest("The request body holds a number too large to read.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    _check_tree(body)
     return body
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body is nested too deeply (at most {MAX_JSON_DEPTH} levels of arrays "
+        "and objects).",
+    )
+
+
+def _check_tree(body: dict[str, Any]) -> None:
+    """Refuse nesting deeper than `MAX_JSON_DEPTH` and strings that are not Unicode text.
+
+    JSON may escape lone UTF-16 surrogates (`"\\ud800"`), which no tokenizer can encode.
+    Iterative, so that the check itself cannot run out of recursion.
+    """
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise InvalidRequest(
+                    "The request body holds a string with an unpaired UTF-16 surrogate "
+                    "escape, which is not valid Unicode text."
+                )
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        if isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+            stack.extend((value, depth + 1) for value in item.values() if _nested(value))
+        elif isinstance(item, list):
+            stack.extend((value, depth + 1) for value in item if _nested(value))
+
+
+def _nested(value: Any) -> bool:
+    return isinstance(value, dict | list | str)
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
@@ -60,23 +110,96 @@ def ok(payload: dict[str, Any]) -> JSONResponse:
     return JSONResponse(payload)
 
 
+#: how long a stream may take to send its final event once the server is shutting down
+#: (under uvicorn's `timeout_graceful_shutdown`, see `server.cli.serve`)
+SHUTDOWN_GRACE_S = 2.0
+
+
+class _ShuttingDown(Exception):
+    """The server is stopping: end the stream with a final event now."""
+
+
 def sse_response(chunks: AsyncIterator[BaseModel], *, exclude_none: bool) -> Response:
     """Stream pydantic chunks as SSE `data:` events, ending with `data: [DONE]`.
 
     An error mid-stream (the status line is already sent) becomes an error event in
-    the OpenAI envelope, then `[DONE]`; internals are logged, never sent.
+    the OpenAI envelope, then `[DONE]`; internals are logged, never sent. A server
+    shutting down (SIGTERM) stops generating and ends the stream the same way, with a
+    `server_shutting_down` error event and `[DONE]`, rather than dropping the connection.
     """
+    shutdown = anyio.Event()
 
     async def events() -> AsyncIterator[dict[str, str]]:
+        stop: asyncio.Future[Any] = asyncio.ensure_future(shutdown.wait())
+        iterator = aiter(chunks)
         try:
-            async for chunk in chunks:
+            while True:
+                chunk = await _next_unless(iterator, stop)
+                if chunk is None:
+                    break
                 yield {"data": chunk.model_dump_json(exclude_none=exclude_none)}
+        except _ShuttingDown:
+            envelope = error_envelope(
+                "The server is shutting down; the reply was cut short.",
+                "server_error",
+                None,
+                "server_shutting_down",
+            )
+            yield {"data": json.dumps(envelope)}
         except PomarError as exc:
             yield {"data": json.dumps(exc.to_envelope())}
         except Exception:
             log.exception("stream failed")
             envelope = error_envelope("The server had an error while generating.", "server_error")
             yield {"data": json.dumps(envelope)}
+        finally:
+            stop.cancel()
+            with anyio.CancelScope(shield=True):  # closes even while being cancelled
+                await _aclose(iterator)
         yield {"data": "[DONE]"}
 
-    return EventSourceResponse(events(), sep="\n", ping=15)
+    return EventSourceResponse(
+        events(),
+        sep="\n",
+        ping=15,
+        shutdown_event=shutdown,
+        shutdown_grace_period=SHUTDOWN_GRACE_S,
+    )
+
+
+async def _next_unless(iterator: AsyncIterator[T], stop: asyncio.Future[Any]) -> T | None:
+    """The next item, None at the end, or `_ShuttingDown` (closing `iterator`) if `stop`."""
+    if stop.done():
+        raise _ShuttingDown
+    step = asyncio.ensure_future(anext(iterator))
+    try:
+        done, _ = await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the client went away: cancel into the generator, as before
+        step.cancel()
+        with anyio.CancelScope(shield=True):
+            await _settle(step)
+        raise
+    if step in done:
+        try:
+            return step.result()
+        except StopAsyncIteration:
+            return None
+    step.cancel()  # the generator ends: its consumer-gone path frees the engine
+    await _settle(step)
+    raise _ShuttingDown
+
+
+async def _settle(step: asyncio.Future[Any]) -> None:
+    """Wait for a cancelled step to end; its outcome no longer matters."""
+    await asyncio.wait({step})
+    if not step.cancelled():
+        step.exception()  # retrieved, so asyncio does not report it
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            log.warning("closing a stream failed", exc_info=True)

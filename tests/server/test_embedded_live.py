@@ -18,7 +18,8 @@ PARIS = [{"role": "user", "content": "Which city is the capital of France?"}]
 def test_embedded_model_says_paris(embedded_server: LiveServer) -> None:
     client = client_for(embedded_server)
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    # the start model first; the session's store may also hold fine-tunes of it
+    assert ids[0] == "smollm2-135m-instruct" and ids[-1] == "all-minilm-l6-v2"
     out = client.chat.completions.create(
         model="smollm2-135m-instruct",
         messages=PARIS,
