@@ -12,6 +12,7 @@ LoRA files once and switched per request with llama.cpp's adapter API on the loa
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import random
@@ -29,8 +30,13 @@ from server.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-#: the KV cache is sized to the model's trained context, up to this many positions
+#: the context is the model's trained one, up to this many positions
 MAX_CONTEXT = 8192
+#: positions llama.cpp's KV cache is allocated for at load; a request that needs more grows
+#: it (doubling, up to the context). llama.cpp writes the whole cache when it allocates it,
+#: so a full 8192-position cache is resident from the start (180 MB for the embedded model,
+#: plus a compute buffer that grows with it), which most requests never use.
+INITIAL_CONTEXT = 2048
 _SHARD = re.compile(r"-(\d{5})-of-\d{5}\.gguf$")
 
 
@@ -144,8 +150,12 @@ class GGUFEngine(Engine):
 
     backend = "gguf"
 
-    def __init__(self, gguf_file: Path, hf_dir: Path | None = None) -> None:
+    def __init__(
+        self, gguf_file: Path, hf_dir: Path | None = None, initial_context: int = INITIAL_CONTEXT
+    ) -> None:
         """Load `gguf_file`; `hf_dir`, when given, is the same model as a Hugging Face folder.
+
+        The KV cache starts at `initial_context` positions and grows on demand.
 
         The folder (the embedded model's import) provides the tokenizer, the sampling defaults
         and the weights fine-tuning jobs train on; without it the tokenizer is read from the
@@ -160,10 +170,11 @@ class GGUFEngine(Engine):
         # by ~0.005, enough to flip near-ties that MLX and torch (f32 throughout) agree on.
         # An all-f32 file keeps its cache in f32 too; quantized files keep llama.cpp's default.
         kv_type = llama_cpp.GGML_TYPE_F32 if header.file_type == 0 else None  # None: default
+        self._context = min(header.context_length, MAX_CONTEXT)
         try:
             self.llama = Llama(
                 model_path=str(gguf_file),
-                n_ctx=min(header.context_length, MAX_CONTEXT),
+                n_ctx=min(self._context, initial_context),
                 type_k=kv_type,
                 type_v=kv_type,
                 n_threads=self._threads,
@@ -185,7 +196,41 @@ class GGUFEngine(Engine):
 
     @property
     def context_length(self) -> int:
+        return self._context
+
+    @property
+    def allocated_context(self) -> int:
+        """Positions the KV cache holds now (it grows up to `context_length` on demand)."""
         return int(self.llama.n_ctx())
+
+    def _reserve(self, positions: int) -> None:
+        """Grow llama.cpp's context (a new one; the cached prefix is lost) to hold `positions`."""
+        size = self.allocated_context
+        if positions <= size:
+            return
+        while size < positions:
+            size *= 2
+        size = min(size, self._context)
+        import contextlib
+
+        import numpy as np
+        from llama_cpp import _internals
+
+        llama = self.llama
+        llama._ctx.close()  # free the old cache before allocating the new one
+        llama.context_params.n_ctx = size
+        llama._ctx = llama._stack.enter_context(
+            contextlib.closing(
+                _internals.LlamaContext(
+                    model=llama._model, params=llama.context_params, verbose=False
+                )
+            )
+        )
+        llama.input_ids = np.ndarray((size,), dtype=np.intc)
+        llama._n_ctx = size
+        llama.n_tokens = 0
+        self._adapters.reapply()
+        log.info("llama.cpp context grown to %d positions", size)
 
     def describe(self) -> str:
         return f"gguf (llama.cpp, {self.gguf_file.name}, {self._threads} threads)"
@@ -205,6 +250,8 @@ class GGUFEngine(Engine):
         steps = max(0, min(params.max_tokens, self.context_length - len(prompt_ids)))
         if steps == 0 or not prompt_ids:
             return
+        # the prompt and every sampled token but the last are evaluated
+        self._reserve(len(prompt_ids) + steps - 1)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         rng = np.random.default_rng(seed)
         adjust = sampling.Adjuster(params, self._vocab)
@@ -275,6 +322,12 @@ class _AdapterCache:
         self._active: Path | None = None
         self._max = max_loaded
 
+    def reapply(self) -> None:
+        """Set the active adapter again on a new llama.cpp context (it starts without)."""
+        active, self._active = self._active, None
+        if active is not None:
+            self.activate(active)
+
     def activate(self, adapter_dir: Path | None) -> bool:
         """Make `adapter_dir` (None: no adapter) the active one; True if that changed."""
         import llama_cpp
@@ -325,14 +378,18 @@ def _eot(llama: Any) -> int:
     return int(llama_cpp.llama_vocab_eot(llama_cpp.llama_model_get_vocab(llama.model)))
 
 
+#: tokenizer classes that are their tokenizer.json and nothing more
+_PLAIN_TOKENIZERS = frozenset({"PreTrainedTokenizerFast", "TokenizersBackend"})
+
+
 def _load_tokenizer(gguf_file: Path, hf_dir: Path | None, metadata: dict[str, str]) -> Any:
     """The HF tokenizer: the folder's, else read from the GGUF; the GGUF's chat template."""
-    from transformers import AutoTokenizer
-
     try:
         if hf_dir is not None and (hf_dir / "tokenizer_config.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+            tokenizer = _folder_tokenizer(hf_dir)
         else:
+            from transformers import AutoTokenizer
+
             tokenizer = AutoTokenizer.from_pretrained(
                 str(gguf_file.parent), gguf_file=gguf_file.name
             )
@@ -345,3 +402,33 @@ def _load_tokenizer(gguf_file: Path, hf_dir: Path | None, metadata: dict[str, st
     if template:
         tokenizer.chat_template = template
     return tokenizer
+
+
+def _folder_tokenizer(hf_dir: Path) -> Any:
+    """The tokenizer of a Hugging Face folder, as `AutoTokenizer` loads it.
+
+    A folder pomar imported (the embedded model) holds a plain ``tokenizer.json``, which
+    `PreTrainedTokenizerFast` loads as `AutoTokenizer` does, without the model-config
+    lookup that imports torch in transformers 5 (~200 MB resident for a server that never
+    runs torch). Any other folder goes through `AutoTokenizer` and its per-model rules.
+    """
+    from server.engine.embedded import read_import_marker
+
+    try:
+        config = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    plain = (
+        isinstance(config, dict)
+        and config.get("tokenizer_class") in _PLAIN_TOKENIZERS
+        and "auto_map" not in config
+        and (hf_dir / "tokenizer.json").is_file()
+        and read_import_marker(hf_dir) is not None
+    )
+    if plain:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(hf_dir))

@@ -140,10 +140,28 @@ def _mlx_device() -> tuple[str | None, str | None]:
 
 
 def _torch_has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
+    """Whether torch sees CUDA — without importing torch where it plainly cannot.
+
+    Importing torch costs ~200 MB of resident memory, which a server on the GGUF or MLX
+    engine never gets back: a CPU-only wheel (`+cpu`) or a machine without an NVIDIA (or
+    ROCm, or WSL GPU) device answers no without the import.
+    """
+    import importlib.metadata
+    import os
+    import shutil
+
+    if importlib.util.find_spec("torch") is None:
         return False
+    try:
+        if "+cpu" in importlib.metadata.version("torch"):
+            return False
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    devices = ("/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+    if not any(os.path.exists(d) for d in devices) and shutil.which("nvidia-smi") is None:
+        return False
+    import torch
+
     return bool(torch.cuda.is_available())
 
 

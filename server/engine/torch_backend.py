@@ -52,6 +52,9 @@ class TorchEngine(Engine):
         # transformers 5 renamed `past_key_values` to `cache`; older releases only know the former
         forward_params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
+        # the prompt's forward needs the last position's logits only: all of them would be
+        # len(prompt) x vocab floats (~200 MB for a 1000-token prompt on a 49k vocabulary)
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward_params else {}
         self._adapters: Any = None
 
     def activate_adapter(self, adapter_dir: Path | None) -> None:
@@ -83,7 +86,7 @@ class TorchEngine(Engine):
             cache = DynamicCache()
             inputs = torch.tensor([prompt_ids], device=self.device)
             kw = {self._cache_kw: cache, "use_cache": True}
-            logits = self.model(input_ids=inputs, **kw).logits
+            logits = self.model(input_ids=inputs, **kw, **self._last_logits).logits
             counts: Any = None
             constraint = params.constraint() if params.constraint is not None else None
             for _ in range(max(0, min(params.max_tokens, room))):

@@ -298,3 +298,22 @@ def test_auto_picks_gguf_on_a_cpu_only_machine(
         assert choose_backend("auto")[0] == "gguf"
         assert load_engine("gguf", tiny_model_path).backend == "mlx"
     assert training_backend("gguf") in ("mlx", "torch")
+
+
+def test_the_kv_cache_grows_on_demand_and_answers_the_same(tiny_gguf_path: Path) -> None:
+    """A cache allocated small grows for a long prompt; greedy output is unchanged."""
+    small = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, initial_context=256)
+    full = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, initial_context=4096)
+    start = small.allocated_context  # llama.cpp pads to a multiple of 256
+    assert start < full.allocated_context and small.context_length == full.context_length
+    ids = prompt(small, "apples and pears " * 120)
+    assert len(ids) > start
+    params = GenerationParams(max_tokens=8, temperature=0.0, top_logprobs=2)
+    grown = run(small, ids, params)
+    assert small.allocated_context >= len(ids) + 7 and small.allocated_context > start
+    reference = run(full, ids, params)
+    assert [s.token for s in grown] == [s.token for s in reference]
+    assert np.allclose([s.logprob for s in grown], [s.logprob for s in reference], atol=1e-4)
+    # and a short request after the growth still answers as before
+    short = prompt(small, "hello")
+    assert tokens(small, short, GREEDY) == tokens(full, short, GREEDY)
