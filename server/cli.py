@@ -46,7 +46,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument(
         "--prompt-cache-mb",
         type=int,
-        help="memory bound of the prompt cache in MiB (POMAR_PROMPT_CACHE_MB, default 256)",
+        help="memory bound of the prompt cache in MiB (POMAR_PROMPT_CACHE_MB, default 128)",
     )
     p.add_argument(
         "--cors-origins",

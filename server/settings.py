@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         16, ge=0, description="KV caches kept for prompt-prefix reuse (0: no prompt cache)."
     )
     prompt_cache_mb: int = Field(
-        256, ge=0, description="Memory bound of the prompt cache, in MiB (MLX engine)."
+        128, ge=0, description="Memory bound of the prompt cache, in MiB (MLX engine)."
     )
 
     max_memory: ByteSize | None = Field(
