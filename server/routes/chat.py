@@ -6,26 +6,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.engine.served import ModelRegistry
 from server.protocol.chat import ChatCompletionRequest
-from server.routes.common import json_body, json_response, sse_response, unless_disconnected
-from server.services.chat import ChatService
+from server.routes.common import json_body
+from server.routes.generation import generate
 
 
 async def chat_completions(request: Request) -> Response:
-    body = await json_body(request)
-    chat_request = ChatCompletionRequest.model_validate(body)
-    service: ChatService = request.app.state.services.chat
-    registry: ModelRegistry = request.app.state.services.registry
-    lease = await registry.acquire(chat_request.model)
-    try:
-        prepared = service.prepare(chat_request, lease.model)
-        if chat_request.stream:
-            return sse_response(lease.hold(service.stream(prepared)), exclude_none=True)
-        completion = await unless_disconnected(request, service.complete(prepared))
-        return json_response(completion)
-    finally:
-        lease.release_unless_streaming()
+    body = ChatCompletionRequest.model_validate(await json_body(request))
+    return await generate(request, body, request.app.state.services.chat, exclude_none=True)
 
 
 routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"])]

@@ -6,26 +6,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.engine.served import ModelRegistry
 from server.protocol.completions import CompletionRequest
-from server.routes.common import json_body, json_response, sse_response, unless_disconnected
-from server.services.completions import CompletionService
+from server.routes.common import json_body
+from server.routes.generation import generate
 
 
 async def completions(request: Request) -> Response:
-    body = await json_body(request)
-    completion_request = CompletionRequest.model_validate(body)
-    service: CompletionService = request.app.state.services.completions
-    registry: ModelRegistry = request.app.state.services.registry
-    lease = await registry.acquire(completion_request.model)
-    try:
-        prepared = service.prepare(completion_request, lease.model)
-        if completion_request.stream:
-            return sse_response(lease.hold(service.stream(prepared)), exclude_none=False)
-        completion = await unless_disconnected(request, service.complete(prepared))
-        return json_response(completion)
-    finally:
-        lease.release_unless_streaming()
+    body = CompletionRequest.model_validate(await json_body(request))
+    return await generate(request, body, request.app.state.services.completions, exclude_none=False)
 
 
 routes = [Route("/v1/completions", completions, methods=["POST"])]

@@ -24,6 +24,7 @@ import openai
 import pytest
 from finetune_data import write_training_file
 from live_server import LiveServer, client_for
+from openai.types.fine_tuning import FineTuningJob
 
 pytestmark = pytest.mark.slow
 
@@ -209,18 +210,23 @@ def test_kill_during_stream(tiny_model_path: Path, home: Path) -> None:
         server.stop()
 
 
+def start_job(client: openai.OpenAI, model: str, tmp_path: Path, epochs: int) -> FineTuningJob:
+    """Upload the training file and create a job that trains `epochs` epochs."""
+    with write_training_file(tmp_path / "train.jsonl").open("rb") as f:
+        file_id = client.files.create(file=f, purpose="fine-tune").id
+    return client.fine_tuning.jobs.create(
+        model=model,
+        training_file=file_id,
+        method=hyper(epochs),  # type: ignore[arg-type]
+    )
+
+
 def test_kill_during_fine_tune_keeps_what_was_acknowledged(
     tiny_model_path: Path, home: Path, tmp_path: Path
 ) -> None:
     server = start(tiny_model_path, home)
     client = client_for(server)
-    with write_training_file(tmp_path / "train.jsonl").open("rb") as f:
-        file_id = client.files.create(file=f, purpose="fine-tune").id
-    job = client.fine_tuning.jobs.create(
-        model=server.model,
-        training_file=file_id,
-        method=hyper(3),  # type: ignore[arg-type]
-    )
+    job = start_job(client, server.model, tmp_path, epochs=3)
     try:
         wait_until(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, "a checkpoint")
         events = event_ids(client, job.id)
@@ -265,13 +271,7 @@ def test_sigterm_ends_streams_checkpoints_the_job_and_exits(
 ) -> None:
     server = start(tiny_model_path, home)
     client = client_for(server)
-    with write_training_file(tmp_path / "train.jsonl").open("rb") as f:
-        file_id = client.files.create(file=f, purpose="fine-tune").id
-    job = client.fine_tuning.jobs.create(
-        model=server.model,
-        training_file=file_id,
-        method=hyper(40),  # type: ignore[arg-type]
-    )
+    job = start_job(client, server.model, tmp_path, epochs=40)
     try:
         wait_until(
             lambda: any(

@@ -30,10 +30,14 @@ def greedy(
 def test_models_list_and_get(tiny_server: LiveServer) -> None:
     client = client_for(tiny_server)
     models = client.models.list().data
-    # the chat model first, then the embedded embedding model
-    assert [m.id for m in models] == [tiny_server.model, "all-minilm-l6-v2"]
+    # the chat model first (loaded), the session store's models, the embedding model last
+    ids = [m.id for m in models]
+    assert ids[0] == tiny_server.model and ids[-1] == "all-minilm-l6-v2"
+    assert len(set(ids)) == len(ids)
     assert models[0].object == "model" and models[0].owned_by == "pomar"
-    assert client.models.retrieve(tiny_server.model).id == tiny_server.model
+    assert getattr(models[0], "loaded", None) is True
+    for model_id in ids:
+        assert client.models.retrieve(model_id).id == model_id
 
 
 def test_non_streaming_completion_shape(tiny_server: LiveServer) -> None:
