@@ -276,7 +276,10 @@ class ModelRegistry:
         period = min(max(self._residency.keep_alive / 4, 0.25), 15.0)
         while True:
             await asyncio.sleep(period)
-            await self.unload_idle()
+            try:
+                await self.unload_idle()
+            except Exception:  # one failed unload must not end idle unloading for good
+                log.exception("idle unload failed")
 
     def close(self) -> None:
         """Stop every worker thread."""
