@@ -12,7 +12,6 @@ LoRA files once and switched per request with llama.cpp's adapter API on the loa
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import random
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
+from server.engine.gguf_tokenizer import load_tokenizer
 from server.engine.templates import end_of_turn_ids
 from server.errors import ModelLoadError
 
@@ -187,7 +187,7 @@ class GGUFEngine(Engine):
             raise ModelLoadError(_CORRUPT.format(path=gguf_file)) from exc
         self.gguf_file = gguf_file
         self.model_path = str(hf_dir or gguf_file)
-        self.tokenizer = _load_tokenizer(gguf_file, hf_dir, self.llama.metadata)
+        self.tokenizer = load_tokenizer(gguf_file, hf_dir, self.llama.metadata)
         ids = set(end_of_turn_ids(self.tokenizer, hf_dir or gguf_file.parent))
         ids.update(t for t in (self.llama.token_eos(), _eot(self.llama)) if t >= 0)
         self.eos_token_ids = frozenset(ids)
@@ -376,59 +376,3 @@ def _eot(llama: Any) -> int:
     import llama_cpp
 
     return int(llama_cpp.llama_vocab_eot(llama_cpp.llama_model_get_vocab(llama.model)))
-
-
-#: tokenizer classes that are their tokenizer.json and nothing more
-_PLAIN_TOKENIZERS = frozenset({"PreTrainedTokenizerFast", "TokenizersBackend"})
-
-
-def _load_tokenizer(gguf_file: Path, hf_dir: Path | None, metadata: dict[str, str]) -> Any:
-    """The HF tokenizer: the folder's, else read from the GGUF; the GGUF's chat template."""
-    try:
-        if hf_dir is not None and (hf_dir / "tokenizer_config.json").is_file():
-            tokenizer = _folder_tokenizer(hf_dir)
-        else:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(gguf_file.parent), gguf_file=gguf_file.name
-            )
-    except Exception as exc:
-        raise ModelLoadError(
-            f"transformers could not read the tokenizer of {gguf_file} ({exc}); put the "
-            "model's tokenizer files (tokenizer.json, tokenizer_config.json) next to it"
-        ) from exc
-    template = metadata.get("tokenizer.chat_template")
-    if template:
-        tokenizer.chat_template = template
-    return tokenizer
-
-
-def _folder_tokenizer(hf_dir: Path) -> Any:
-    """The tokenizer of a Hugging Face folder, as `AutoTokenizer` loads it.
-
-    A folder pomar imported (the embedded model) holds a plain ``tokenizer.json``, which
-    `PreTrainedTokenizerFast` loads as `AutoTokenizer` does, without the model-config
-    lookup that imports torch in transformers 5 (~200 MB resident for a server that never
-    runs torch). Any other folder goes through `AutoTokenizer` and its per-model rules.
-    """
-    from server.engine.embedded import read_import_marker
-
-    try:
-        config = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    plain = (
-        isinstance(config, dict)
-        and config.get("tokenizer_class") in _PLAIN_TOKENIZERS
-        and "auto_map" not in config
-        and (hf_dir / "tokenizer.json").is_file()
-        and read_import_marker(hf_dir) is not None
-    )
-    if plain:
-        from transformers import PreTrainedTokenizerFast
-
-        return PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(hf_dir))
