@@ -125,6 +125,35 @@ def test_embedded_model_to_gguf_q8_0_still_knows_paris(
         assert "Paris" in reply, reply
 
 
+@pytest.mark.slow
+def test_embedded_model_to_mlx_q8_served_on_demand_knows_paris(
+    embedded_model_path: Path, tmp_path: Path
+) -> None:
+    """HF -> MLX 8-bit with mlx-lm, then named in a request to a server started on another
+    model: loaded on demand, and still right."""
+    home = tmp_path / "home"
+    shutil.copytree(embedded_model_path, home / "models" / embedded_model_path.name)
+    catalog = ModelCatalog(home / "models")
+    entry = convert_model(catalog, "smollm2-135m-instruct", "mlx", q_bits=8)
+    assert (entry.id, entry.format, entry.precision) == (
+        "smollm2-135m-instruct-mlx-q8",
+        "mlx",
+        "q8",
+    )
+    config = json.loads((entry.path / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8
+    for server in serve("smollm2-135m-instruct", "gguf", home):
+        client = client_for(server)
+        reply = client.chat.completions.create(
+            model=entry.id,
+            messages=[{"role": "user", "content": "Which city is the capital of France?"}],
+            temperature=0,
+            max_tokens=12,
+        )
+        assert "Paris" in (reply.choices[0].message.content or "")
+        assert f"loaded {entry.id} on mlx" in server.log()
+
+
 def test_default_ids() -> None:
     assert default_id("org/m", "mlx", None, None) == "org/m-mlx"
     assert default_id("m", "mlx", 4, None) == "m-mlx-q4"
