@@ -97,6 +97,35 @@ class FileTooLarge(PomarError):
         )
 
 
+class RequestTooLarge(PomarError):
+    """A request body over the server's cap (413)."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class ModelTooLarge(InvalidRequest):
+    """The model cannot fit the memory budget, even with every other model unloaded."""
+
+    code = "model_too_large"
+
+
+class ModelBusy(PomarError):
+    """Every model that would have to be unloaded is busy; try again shortly (503)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_busy"
+
+
+class ModelLoadFailed(PomarError):
+    """Loading a model on demand failed (the reason is in the server log, not the reply)."""
+
+    error_type = "server_error"
+    code = "model_load_failed"
+
+
 class InvalidFile(InvalidRequest):
     """An upload whose content is refused, e.g. a fine-tune file that is not JSONL."""
 

@@ -8,7 +8,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import AuthenticationFailed, PomarError
+from server.errors import AuthenticationFailed, PomarError, RequestTooLarge
 
 
 class APIKeyMiddleware:
@@ -35,14 +35,6 @@ class APIKeyMiddleware:
                 )
                 return
         await self.app(scope, receive, send)
-
-
-class RequestTooLarge(PomarError):
-    """A request body over the server's cap."""
-
-    status_code = 413
-    error_type = "invalid_request_error"
-    code = "request_too_large"
 
 
 class BodyLimitMiddleware:

@@ -28,7 +28,6 @@ from typing import TypeVar
 from server.engine.base import Engine
 from server.engine.templates import ChatTemplate
 from server.engine.worker import GenerationWorker
-from server.errors import InvalidRequest, PomarError
 
 log = logging.getLogger(__name__)
 
@@ -93,27 +92,6 @@ class Listing:
     created: int
     parent: str | None
     loaded: bool
-
-
-class ModelTooLarge(InvalidRequest):
-    """The model cannot fit the memory budget, even with every other model unloaded."""
-
-    code = "model_too_large"
-
-
-class ModelBusy(PomarError):
-    """Every model that would have to be unloaded is busy; try again shortly."""
-
-    status_code = 503
-    error_type = "server_error"
-    code = "model_busy"
-
-
-class ModelLoadFailed(PomarError):
-    """Loading a model on demand failed (the reason is in the server log)."""
-
-    error_type = "server_error"
-    code = "model_load_failed"
 
 
 def total_memory() -> int:

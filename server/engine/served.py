@@ -21,16 +21,20 @@ from server.engine.resident import (
     Lease,
     Listing,
     LoadedModel,
-    ModelBusy,
-    ModelLoadFailed,
     ModelSpec,
-    ModelTooLarge,
     Residency,
     estimate_memory,
     rss_bytes,
     wait_until,
 )
-from server.errors import InvalidRequest, ModelLoadError, ModelNotFound
+from server.errors import (
+    InvalidRequest,
+    ModelBusy,
+    ModelLoadError,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelTooLarge,
+)
 
 log = logging.getLogger("pomar")
 GB = 1e9
