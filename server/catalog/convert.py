@@ -17,13 +17,19 @@ The new model is built with `ModelCatalog.add`, so a failed conversion leaves no
 
 from __future__ import annotations
 
-import json
 import shutil
-import struct
 from collections import Counter
 from pathlib import Path
 
-from server.catalog.store import MANIFEST, CatalogEntry, CatalogError, ModelCatalog, validate_id
+from server.catalog.info import read_safetensors_header
+from server.catalog.store import (
+    MANIFEST,
+    CatalogEntry,
+    CatalogError,
+    ModelCatalog,
+    read_json_object,
+    validate_id,
+)
 
 TARGETS = ("mlx", "gguf")
 #: the bit widths of MLX's affine quantization, and its group sizes
@@ -241,10 +247,7 @@ def copy_side_files(src: Path, dst: Path, *, overwrite: bool = True) -> None:
 
 def is_quantized(folder: Path) -> bool:
     """Whether the folder's config.json declares (MLX or HF) quantized weights."""
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    config = read_json_object(Path(folder) / "config.json")
     return bool(config.get("quantization") or config.get("quantization_config"))
 
 
@@ -255,10 +258,7 @@ def weights_dtype(folder: Path) -> str:
     """
     counts: Counter[str] = Counter()
     for path in sorted(Path(folder).glob("*.safetensors")):
-        with path.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        for key, info in header.items():
+        for key, info in read_safetensors_header(path).items():
             if key != "__metadata__" and info.get("dtype") in _DTYPE_NAMES:
                 counts[_DTYPE_NAMES[info["dtype"]]] += 1
     return counts.most_common(1)[0][0] if counts else "float32"

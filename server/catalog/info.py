@@ -28,7 +28,7 @@ from pydantic import BaseModel, ByteSize, TypeAdapter
 
 from server.catalog.gguf_meta import read_gguf_meta
 from server.catalog.importing import detect_format
-from server.catalog.store import CatalogEntry, CatalogError, folder_size
+from server.catalog.store import CatalogEntry, CatalogError, folder_size, read_json_object
 from server.engine.resident import default_budget
 
 KV_CONTEXT_CAP = 8192
@@ -176,21 +176,13 @@ def _gguf_file(path: Path) -> Path | None:
         raise CatalogError(str(exc)) from exc
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _hf_facts(folder: Path, safetensors: list[Path]) -> dict[str, Any]:
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json")
     raw = config.get("text_config")
     text: dict[str, Any] = raw if isinstance(raw, dict) else {}
     cfg = {**text, **config}  # multimodal configs keep the language model's shape inside
     archs = config.get("architectures") or []
-    tok_config = _read_json(folder / "tokenizer_config.json")
+    tok_config = read_json_object(folder / "tokenizer_config.json")
     facts: dict[str, Any] = {
         "architecture": archs[0] if archs else config.get("model_type"),
         "context_length": cfg.get("max_position_embeddings") or cfg.get("max_seq_len"),

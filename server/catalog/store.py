@@ -87,6 +87,15 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object (a model's config.json, say); {} if absent or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class ModelCatalog:
     """The models in the store, by id."""
 

@@ -107,10 +107,11 @@ def backend_for(requested: str, path: Path) -> str:
     A GGUF file (or a folder holding only GGUF weights) needs the GGUF engine; an
     MLX-quantized folder needs MLX; anything else follows `choose_backend`.
     """
-    config = path / "config.json"
-    if path.is_file() or not config.is_file():
+    from server.catalog.store import read_json_object
+
+    if path.is_file() or not (path / "config.json").is_file():
         return "gguf"
-    if '"quantization"' in config.read_text(encoding="utf-8", errors="replace"):
+    if "quantization" in read_json_object(path / "config.json"):  # MLX's own quantization
         return "mlx"
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         return "gguf"  # a converted GGUF folder keeps config.json for its tokenizer

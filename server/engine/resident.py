@@ -16,7 +16,6 @@ an estimate known before loading, which is what admission needs.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from server.catalog.store import read_json_object
 from server.engine.base import Engine
 from server.engine.templates import ChatTemplate
 from server.engine.worker import GenerationWorker
@@ -114,7 +114,7 @@ def estimate_memory(path: Path, backend: str) -> int:
         return int(weights * OVERHEAD)
     weights = sum(p.stat().st_size for p in Path(path).glob("*.safetensors"))
     weights = weights or sum(p.stat().st_size for p in Path(path).glob("*.bin"))
-    config = _config(path)
+    config = read_json_object(Path(path) / "config.json")
     quantized = "quantization" in config
     if not quantized and _computes_in_fp32(backend):
         width = {"float16": 2, "bfloat16": 2, "float32": 4}.get(
@@ -138,14 +138,6 @@ def _computes_in_fp32(backend: str) -> bool:
 
         return pick_device() == "cpu"
     return False
-
-
-def _config(path: Path) -> dict[str, object]:
-    try:
-        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def rss_bytes() -> int:
