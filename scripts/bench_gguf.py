@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from server.engine import base  # noqa: E402
+from server.bench import timed  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 STORY = "Write a long story about a dragon who learns to cook."
@@ -60,20 +61,15 @@ def model_dir() -> Path:
     return ensure_embedded_model(Settings().models_dir)
 
 
-def _timed(stream: Any) -> tuple[int, float, float]:
-    """(tokens, seconds to the first, seconds from the first to the last) of an iterator."""
-    start = time.perf_counter()
-    first = last = start
-    n = 0
-    pause = getattr(base, "PAUSE", None)  # a batching engine's "let others start" item
-    for item in stream:
-        if item is pause:
-            continue
-        n += 1
-        last = time.perf_counter()
-        if n == 1:
-            first = last
-    return n, first - start, last - first
+def in_threads(one: Callable[[int], None]) -> float:
+    """Run `one(i)` for the STREAMS streams in parallel threads; the wall time they took."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(STREAMS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
 
 
 def in_process(backend: str, tokens: int, runs: int) -> dict[str, float]:
@@ -98,9 +94,9 @@ def in_process(backend: str, tokens: int, runs: int) -> dict[str, float]:
     decode, prefill = [], []
     story = template.encode(messages(STORY))
     for run in range(runs + 1):  # the first run warms up
-        n, _, rest = _timed(stream(story, tokens))
+        n, _, rest = timed(stream(story, tokens))
         ids = template.encode(long_prompt(run))
-        _, to_first, _ = _timed(stream(ids, 1))
+        _, to_first, _ = timed(stream(ids, 1))
         if run:
             decode.append((n - 1) / rest)
             prefill.append(len(ids) / to_first)
@@ -134,7 +130,7 @@ def through_server(backend: str, tokens: int, runs: int) -> dict[str, float]:
                 elif chunk.choices and chunk.choices[0].delta.content:
                     yield chunk
 
-        n, to_first, rest = _timed(texts())
+        n, to_first, rest = timed(texts())
         return n, to_first, rest, usage[0]
 
     try:
@@ -151,13 +147,7 @@ def through_server(backend: str, tokens: int, runs: int) -> dict[str, float]:
             n, to_first, _, _ = ask(messages(f"{STORY} Call the dragon number {i}."), tokens)
             results.append((n, to_first))
 
-        started = time.perf_counter()
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(STREAMS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - started
+        wall = in_threads(one)
         return {
             "decode": statistics.median(decode),
             "prefill": statistics.median(prefill),
@@ -187,16 +177,10 @@ def contexts(tokens: int, threads_each: int) -> dict[str, float]:
         prompt = f"<|im_start|>user\n{STORY} Call the dragon number {i}.<|im_end|>\n"
         ids = llama.tokenize((prompt + "<|im_start|>assistant\n").encode(), special=True)
         gen = llama.generate(ids, temp=0.0, top_k=1)
-        n, to_first, _ = _timed(t for _, t in zip(range(tokens), gen, strict=False))
+        n, to_first, _ = timed(t for _, t in zip(range(tokens), gen, strict=False))
         out.append((n, to_first))
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(STREAMS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = in_threads(one)
     return {
         "concurrent": sum(n for n, _ in out) / wall,
         "ttft_mean": statistics.mean(t for _, t in out),

@@ -68,7 +68,7 @@ def _messages(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def _timed(stream: Iterator[Any]) -> tuple[int, float, float]:
+def timed(stream: Iterator[Any]) -> tuple[int, float, float]:
     """(tokens, seconds to the first, seconds from the first to the last) of a token stream."""
     from server.engine.base import PAUSE
 
@@ -133,9 +133,9 @@ def measure(backend: str, path: Path, tokens: int, prompt_tokens: int, runs: int
     ttft, decode, prefill, sizes = [], [], [], []
     for run in range(runs + 1):  # run 0 warms up
         short = template.encode(_messages(f"Run {run}. {STORY}"))
-        n, to_first, rest = _timed(stream(short, max(2, tokens)))
+        n, to_first, rest = timed(stream(short, max(2, tokens)))
         ids = long_prompt(run)
-        _, to_prefill, _ = _timed(stream(ids, 1))
+        _, to_prefill, _ = timed(stream(ids, 1))
         if run:
             ttft.append(to_first)
             decode.append((n - 1) / rest if rest > 0 else 0.0)
