@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -310,8 +311,17 @@ def _remove_leftovers(out_dir: Path) -> None:
                     shutil.rmtree(path, ignore_errors=True)
 
 
+#: what :func:`_write_dir_atomically` leaves when killed: `.<name>.tmp-<pid>` (a folder
+#: being written) and `.<name>.old-<pid>` (the one it replaces, moved aside)
+_PARTIAL = re.compile(r"\.(?P<name>[^/]+)\.(?P<kind>tmp|old)-\d+")
+
+
 def _write_dir_atomically(target: Path, write: Any) -> None:
-    """Build a folder under a temporary name beside ``target``, then swap it into place."""
+    """Build a folder under a temporary name beside ``target``, then swap it into place.
+
+    A process killed midway leaves the names :data:`_PARTIAL` matches, which
+    :func:`clean_partial_writes` tidies before a resume.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -331,3 +341,26 @@ def _write_dir_atomically(target: Path, write: Any) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def clean_partial_writes(out_dir: Path) -> int:
+    """Tidy a training folder after a crash; returns how many half-written folders went.
+
+    A folder being written is deleted. A replaced folder moved aside is put back if the
+    kill came between the two renames (its new version never landed), else deleted.
+    """
+    removed = 0
+    for folder in (out_dir, out_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):  # `.x.old-N` before `.x.tmp-N`
+            match = _PARTIAL.fullmatch(entry.name)
+            if match is None or not entry.is_dir():
+                continue
+            target = folder / match["name"]
+            if match["kind"] == "old" and not target.exists():
+                entry.rename(target)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+    return removed

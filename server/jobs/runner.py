@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -34,9 +32,6 @@ log = logging.getLogger(__name__)
 ACTIVE: tuple[JobStatus, ...] = ("validating_files", "queued", "running")
 RUNNING: tuple[JobStatus, ...] = ("running",)
 WAITING: tuple[JobStatus, ...] = ("queued", "running")
-#: what `finetune.trainer._write_dir_atomically` leaves when killed: `.<name>.tmp-<pid>`
-#: (a folder being written) and `.<name>.old-<pid>` (the one it replaces, moved aside)
-_PARTIAL = re.compile(r"\.(?P<name>[^/]+)\.(?P<kind>tmp|old)-\d+")
 ServeAdapter = Callable[[str, str, Path, int], None]  # (model id, base id, adapter, created)
 
 
@@ -147,7 +142,7 @@ class JobRunner:
     def _train(
         self, job_id: str, base_path: Path, data_dir: Path, out_dir: Path, stop: threading.Event
     ) -> None:
-        from finetune.trainer import latest_checkpoint, train
+        from finetune.trainer import clean_partial_writes, latest_checkpoint, train
         from server.jobs.hyper import train_config
 
         job = self._store.jobs.get(job_id)
@@ -215,26 +210,3 @@ class JobRunner:
         self._serve(ft_id, job.model, result.adapter_path, created)
         self._store.events.add(job.id, f"New fine-tuned model created: {ft_id}")
         self._store.events.add(job.id, "The job has successfully completed.")
-
-
-def clean_partial_writes(out_dir: Path) -> int:
-    """Tidy a training folder after a crash; returns how many half-written folders went.
-
-    A folder being written is deleted. A replaced folder moved aside is put back if the
-    kill came between the two renames (its new version never landed), else deleted.
-    """
-    removed = 0
-    for folder in (out_dir, out_dir / "checkpoints"):
-        if not folder.is_dir():
-            continue
-        for entry in sorted(folder.iterdir()):  # `.x.old-N` before `.x.tmp-N`
-            match = _PARTIAL.fullmatch(entry.name)
-            if match is None or not entry.is_dir():
-                continue
-            target = folder / match["name"]
-            if match["kind"] == "old" and not target.exists():
-                entry.rename(target)
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed += 1
-    return removed

@@ -1,10 +1,10 @@
-"""A trainer killed mid-checkpoint leaves half-swapped folders; the runner tidies them."""
+"""A trainer killed mid-checkpoint leaves half-swapped folders; they are tidied before a resume."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from server.jobs.runner import clean_partial_writes
+from finetune.trainer import clean_partial_writes
 
 
 def folder(path: Path, marker: str) -> Path:
