@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,27 @@ def server_environment(home: Path) -> dict[str, str]:
         }
     )
     return env
+
+
+def run_pomar(
+    args: list[str],
+    home: Path,
+    *,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run the `pomar` command (`python -m server ARGS`) as a user would, on `home`.
+
+    `env` changes the test environment (`server_environment`); None removes a variable.
+    """
+    full: dict[str, str | None] = {**server_environment(home), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        env={k: v for k, v in full.items() if v is not None},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @dataclass

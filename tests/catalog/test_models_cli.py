@@ -3,50 +3,33 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from live_server import run_pomar
 
-# `python -m server models ...` once server/cli.py wires the subcommand in; until then the
-# same parser and dispatch, built the way server/cli.py builds them
-_RUNNER = """
-import argparse, sys
-from server import cli
-sub = cli.build_parser()._subparsers._group_actions[0]
-if "models" in sub.choices:
-    sys.exit(cli.main(sys.argv[1:]))
-from server.catalog import cli as models_cli
-parser = argparse.ArgumentParser(prog="pomar")
-models_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-sys.exit(models_cli.run(parser.parse_args(sys.argv[1:])))
-"""
 API_KEY = "sk-models-cli-test"
 
 
 def pomar(
-    home: Path, *args: str, port: int = 9, env: dict[str, str | None] | None = None
+    home: Path, *args: str, port: int = 9, env: Mapping[str, str | None] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `pomar models ARGS` with POMAR_HOME=home (port 9: no server answers there).
 
     `env` adds variables to the subprocess's environment; None removes one.
     """
-    full_env: dict[str, str | None] = {**os.environ, "POMAR_API_KEY": None}
-    full_env.update(POMAR_HOME=str(home), POMAR_PORT=str(port), HF_HUB_OFFLINE="1", COLUMNS="200")
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-c", _RUNNER, "models", *args],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in full_env.items() if v is not None},
-        timeout=300,
-    )
+    changes: dict[str, str | None] = {
+        "POMAR_API_KEY": None,
+        "POMAR_PORT": str(port),
+        "COLUMNS": "200",
+        **(env or {}),
+    }
+    return run_pomar(["models", *args], home, env=changes)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -7,17 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from live_server import server_environment
+from live_server import run_pomar
 
 
 def bench(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server", "bench", *args],
-        env=server_environment(home),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_pomar(["bench", *args], home)
 
 
 def test_bench_compares_every_engine(tiny_gguf_path: Path, tmp_path: Path) -> None:

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from finetune_data import write_training_file
-from live_server import server_environment
+from live_server import run_pomar
 
 
 def tune(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server", "tune", *args],
-        env=server_environment(home),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_pomar(["tune", *args], home, timeout=600)
 
 
 def test_tune_trains_an_adapter(tiny_model_path: Path, tmp_path: Path) -> None:
