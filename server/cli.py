@@ -1,4 +1,4 @@
-"""The `pomar` command: serve, data, tune, models, bench."""
+"""The `pomar` command: serve, data, tune, models, bench, doctor."""
 
 from __future__ import annotations
 
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     from server.catalog import cli as models_cli
 
     models_cli.add_parser(sub)
+    from server import doctor
+
+    doctor.add_parser(sub)
     data = sub.add_parser("data", help="dataset lab: check | prepare | convert", add_help=False)
     data.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -143,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         from server.catalog import cli as models_cli
 
         return models_cli.run(args)
+    if args.command == "doctor":
+        from server import doctor
+
+        _reexec_with_openblas(argv)  # report (and self-check) MLX as `pomar serve` runs it
+        return doctor.run(args)
     if args.command == "bench":
         from server import bench
 
@@ -162,6 +170,14 @@ def serve(settings: Settings, argv: list[str]) -> int:
         log.warning(
             "listening on %s without an API key: anyone who can reach it can use it", settings.host
         )
+    from server.errors import ModelLoadError
+
+    try:
+        _check_start_engine(settings)
+    except ModelLoadError as exc:
+        # a model or an engine that cannot serve here: one line, no traceback
+        print(f"pomar: {exc}", file=sys.stderr)
+        return 1
     import uvicorn
 
     from server.app import create_app
@@ -174,6 +190,18 @@ def serve(settings: Settings, argv: list[str]) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _check_start_engine(settings: Settings) -> None:
+    """Resolve the start model and self-check its engine before the server starts.
+
+    The server's start-up does the same (from the cache this fills); doing it first lets a
+    failure end the command with one line instead of a failed start-up's traceback.
+    """
+    from server.engine.registry import resolve_model_path, settle_backend
+
+    path = resolve_model_path(settings.model, settings.models_dir)
+    settle_backend(settings.backend, path, settings.home)
 
 
 def _reexec_with_openblas(argv: list[str]) -> None:

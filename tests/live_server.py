@@ -76,6 +76,8 @@ class LiveServer:
     #: environment changes on top of server_environment(); None removes a variable
     env: dict[str, str | None] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    #: the `pomar` command to run (another venv's `bin/pomar`, say)
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "server"])
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -87,7 +89,7 @@ class LiveServer:
         """Start and wait until `/health` answers 200."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path = self.home / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "server", "serve", "--model", self.model]
+        cmd = [*self.command, "serve", "--model", self.model]
         cmd += ["--backend", self.backend, "--port", str(self.port), *self.extra_args]
         if self.api_key:
             cmd += ["--api-key", self.api_key]

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ByteSize, ValidationError
 
 from server.catalog.store import CatalogEntry, CatalogError, ModelCatalog
+from server.engine.embedded import EMBEDDED_MODEL_ID, EmbeddedModelMissing, ensure_embedded_model
 from server.errors import ModelLoadError
 from server.settings import Settings
 
@@ -85,9 +86,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**({"home": args.home} if getattr(args, "home", None) else {}))
         catalog = ModelCatalog(settings.models_dir)
+        if args.models_command in ("info", "convert") and args.model_id == EMBEDDED_MODEL_ID:
+            ensure_embedded_model(settings.models_dir)  # first use: import it, as the server does
         command = _COMMANDS[args.models_command]
         return command(args, settings, catalog)
-    except (CatalogError, ModelLoadError) as exc:
+    except (CatalogError, ModelLoadError, EmbeddedModelMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except ValidationError as exc:
         print(f"error: invalid settings: {exc.errors()[0]['msg']}", file=sys.stderr)

@@ -106,6 +106,12 @@ def check_gguf(path: Path) -> GGUFHeader:
     """
     import llama_cpp
 
+    from server.engine.gguf_cpu import ensure_cpu_backend
+
+    try:
+        ensure_cpu_backend()  # the portable build's kernels for this CPU, before any load
+    except RuntimeError as exc:
+        raise ModelLoadError(str(exc)) from exc
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic != b"GGUF":

@@ -11,7 +11,15 @@ from server.engine.base import Engine
 from server.engine.resident import LoadedModel
 from server.errors import ModelLoadError
 
-__all__ = ["LoadedModel", "backend_for", "choose_backend", "load_engine", "resolve_model_path"]
+__all__ = [
+    "LoadedModel",
+    "backend_for",
+    "choose_backend",
+    "engine_candidates",
+    "load_engine",
+    "resolve_model_path",
+    "settle_backend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +85,10 @@ def choose_backend(requested: str, model_path: Path | None = None) -> tuple[str,
     """
     if requested != "auto":
         return requested, f"--backend {requested} was asked for"
-    device, mlx_problem = _mlx_device()
+    device, mlx_problem = mlx_device()
     if device == "gpu":
         return "mlx", "auto: MLX runs on the GPU"
-    if _torch_has_cuda():
+    if torch_has_cuda():
         return "torch", f"auto: torch sees CUDA and MLX has no GPU here ({mlx_problem or 'cpu'})"
     cpu_only = "auto: no GPU for MLX or torch"
     if importlib.util.find_spec("llama_cpp") is not None:
@@ -107,15 +115,64 @@ def backend_for(requested: str, path: Path) -> str:
     A GGUF file (or a folder holding only GGUF weights) needs the GGUF engine; an
     MLX-quantized folder needs MLX; anything else follows `choose_backend`.
     """
+    return engine_candidates(requested, path)[0][0]
+
+
+def engine_candidates(requested: str, path: Path) -> list[tuple[str, str]]:
+    """The engines that can serve the model at `path`, best first, each with why.
+
+    Its format may leave one engine (a GGUF file, an MLX-quantized folder); a backend
+    asked for by name is the only candidate; `auto` lists its choice first, then the
+    other installed engines that can load the model, for when the first fails its
+    self-check (server/engine/selfcheck.py).
+    """
     from server.catalog.store import read_json_object
 
     if path.is_file() or not (path / "config.json").is_file():
-        return "gguf"
+        return [("gguf", "a GGUF file is served by the GGUF engine")]
     if "quantization" in read_json_object(path / "config.json"):  # MLX's own quantization
-        return "mlx"
+        return [("mlx", "an MLX-quantized model is served by MLX")]
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        return "gguf"  # a converted GGUF folder keeps config.json for its tokenizer
-    return choose_backend(requested, path)[0]
+        # a converted GGUF folder keeps config.json for its tokenizer
+        return [("gguf", "a folder of GGUF weights is served by the GGUF engine")]
+    first = choose_backend(requested, path)
+    if requested != "auto":
+        return [first]
+    out = [first]
+    for engine in ("gguf", "mlx", "torch"):
+        if engine != first[0] and _can_serve(engine, path):
+            out.append((engine, f"auto: the next engine that can serve {path.name}"))
+    return out
+
+
+def settle_backend(
+    requested: str, path: Path, home: Path, chosen: str | None = None
+) -> tuple[str, str]:
+    """The engine to serve `path` with, and why, once it has passed its self-check.
+
+    `chosen` is an engine already picked for the model (say by `backend_for`); `auto`
+    falls back to the next candidate when it fails, a named backend does not.
+
+    Raises:
+        EngineCheckError: no engine that may serve the model passed (one line to print).
+    """
+    from server.engine.selfcheck import CheckCache, settle
+
+    candidates = engine_candidates(requested, path)
+    if chosen is not None and chosen != candidates[0][0]:
+        candidates = [(chosen, f"{chosen} was chosen for {path.name}")] + [
+            c for c in candidates if c[0] != chosen
+        ]
+    return settle(candidates, path, CheckCache(home), named=requested != "auto")
+
+
+def _can_serve(engine: str, path: Path) -> bool:
+    """Whether `engine` is installed and can load the HF folder at `path`."""
+    if engine == "gguf":
+        from server.engine.gguf_backend import find_gguf
+
+        return importlib.util.find_spec("llama_cpp") is not None and find_gguf(path) is not None
+    return importlib.util.find_spec("mlx" if engine == "mlx" else "torch") is not None
 
 
 def training_backend(serving: str) -> str:
@@ -126,10 +183,10 @@ def training_backend(serving: str) -> str:
     """
     if serving != "gguf":
         return serving
-    return "mlx" if _mlx_device()[0] is not None else "torch"
+    return "mlx" if mlx_device()[0] is not None else "torch"
 
 
-def _mlx_device() -> tuple[str | None, str | None]:
+def mlx_device() -> tuple[str | None, str | None]:
     """("gpu" | "cpu", None) where MLX imports and runs, else (None, what went wrong)."""
     try:
         import mlx.core as mx
@@ -140,7 +197,7 @@ def _mlx_device() -> tuple[str | None, str | None]:
     return ("gpu" if mx.default_device().type == mx.gpu else "cpu"), None
 
 
-def _torch_has_cuda() -> bool:
+def torch_has_cuda() -> bool:
     """Whether torch sees CUDA — without importing torch where it plainly cannot.
 
     Importing torch costs ~200 MB of resident memory, which a server on the GGUF or MLX

@@ -16,6 +16,7 @@ from live_server import LiveServer, client_for
 
 from server.catalog.convert import convert_model, default_id
 from server.catalog.store import CatalogEntry, CatalogError, ModelCatalog
+from tests.prompts import PARIS_QUESTION
 
 PROMPT = "What is the capital of France?"
 
@@ -121,7 +122,7 @@ def test_embedded_model_to_gguf_q8_0_still_knows_paris(
     entry = convert_model(catalog, "smollm2-135m-instruct", "gguf", q_bits=8)
     assert (entry.id, entry.precision) == ("smollm2-135m-instruct-gguf-q8_0", "Q8_0")
     for server in serve(entry.id, "gguf", home):
-        reply, _ = greedy(server, "Which city is the capital of France?", max_tokens=24)
+        reply, _ = greedy(server, PARIS_QUESTION, max_tokens=24)
         assert "Paris" in reply, reply
 
 
@@ -146,7 +147,7 @@ def test_embedded_model_to_mlx_q8_served_on_demand_knows_paris(
         client = client_for(server)
         reply = client.chat.completions.create(
             model=entry.id,
-            messages=[{"role": "user", "content": "Which city is the capital of France?"}],
+            messages=[{"role": "user", "content": PARIS_QUESTION}],
             temperature=0,
             max_tokens=12,
         )

@@ -16,11 +16,10 @@ from server.engine.gguf_backend import GGUFEngine
 from server.engine.registry import choose_backend, load_engine, training_backend
 from server.engine.templates import ChatTemplate
 from server.errors import ModelLoadError
+from tests.prompts import PARIS_QUESTION
 
 GREEDY = GenerationParams(max_tokens=12, temperature=0.0)
-# greedy on the Q4_1 file, "What is the capital of France?" starts "L'Étoile": its first
-# two tokens are 0.1 logit apart even in float32, and llama.cpp's 8-bit activations flip them
-PARIS = "Which city is the capital of France?"
+PARIS = PARIS_QUESTION  # a first token that is no near tie, whatever the CPU kernels
 NEVER: Callable[[], bool] = lambda: False  # noqa: E731
 
 

@@ -17,6 +17,7 @@ from server.engine.generation import complete
 from server.engine.gguf_backend import GGUFEngine
 from server.engine.hf_to_gguf import convert_hf_to_gguf
 from server.engine.templates import ChatTemplate
+from tests.prompts import PARIS_QUESTION
 
 # a prompt and a few tokens the tiny model greedy-decodes after it (ids of its vocabulary)
 SEQUENCE = [172, 8, 56, 262, 541, 528, 27, 687, 284, 470, 2, 433]
@@ -174,8 +175,6 @@ def test_embedded_model_converts_to_q8_0_and_answers(
     assert "output.weight" not in {t.name for t in reader.tensors}
     engine = GGUFEngine(out, folder)
     assert "<|im_start|>" in engine.llama.metadata["tokenizer.chat_template"]
-    ids = ChatTemplate(engine.tokenizer).encode(
-        [{"role": "user", "content": "Which city is the capital of France?"}]
-    )
+    ids = ChatTemplate(engine.tokenizer).encode([{"role": "user", "content": PARIS_QUESTION}])
     answer = complete(engine, ids, GenerationParams(max_tokens=20, temperature=0.0), NEVER)
     assert "Paris" in answer.text

@@ -8,11 +8,13 @@ import httpx
 import pytest
 from live_server import LiveServer, async_client_for, client_for
 
+from tests.prompts import PARIS_QUESTION
+
 pytestmark = pytest.mark.slow
 
 # "Which city": with "What is" the first two tokens are 0.1 logit apart and the Q4_1
 # GGUF that auto serves on a CPU-only machine picks the other one
-PARIS = [{"role": "user", "content": "Which city is the capital of France?"}]
+PARIS = [{"role": "user", "content": PARIS_QUESTION}]
 
 
 def test_embedded_model_says_paris(embedded_server: LiveServer) -> None:

@@ -11,11 +11,12 @@ import pytest
 from finetune_data import SECRET, write_training_file
 from live_server import LiveServer, client_for
 
+from tests.prompts import PARIS_QUESTION
+
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
-# not "What is the capital of France?": see tests/engine/test_gguf_backend.py
-PARIS = [{"role": "user", "content": "Which city is the capital of France?"}]
+PARIS = [{"role": "user", "content": PARIS_QUESTION}]
 
 
 def test_health_and_log_name_the_gguf_engine(gguf_server: LiveServer) -> None:
