@@ -2,7 +2,7 @@
 
 Time = tokens per epoch x epochs / throughput. The throughput is the caller's measured one
 when given; otherwise a documented default for the backend, measured for SmolLM2-135M on
-the project's 2-core x86 machines (DESIGN.md §4) and scaled inversely with parameter count.
+the project's 2-core x86 machines (docs/platform.md) and scaled inversely with parameter count.
 
 Memory = weights (parameters x bytes per weight) + LoRA weights, gradients and Adam state
 (fp32, 16 bytes per trainable parameter) + activations (Korthikanti et al. 2022,
@@ -25,7 +25,7 @@ Backend = Literal["torch-cpu", "mlx-cpu", "mlx-metal", "torch-mps", "torch-cuda"
 BYTES_PER_WEIGHT: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
 
 REFERENCE_PARAMS = 135_000_000
-# Training tokens/s for a 135M-parameter model. The CPU figures are measured (DESIGN.md §4:
+# Training tokens/s for a 135M-parameter model. The CPU figures are measured (docs/platform.md:
 # PEFT LoRA 0.7 it/s and MLX+OpenBLAS 0.6 it/s at batch 4 of ~40 tokens); the accelerator
 # figures are conservative guesses, to be replaced by a measured throughput when known.
 DEFAULT_THROUGHPUT: dict[str, float] = {

@@ -53,7 +53,7 @@ class MLXLoRABackend:
         mx.random.seed(config.seed)
         model, _ = load_model(Path(config.model_path))
         if mx.default_device() == mx.cpu:
-            # bf16 matmuls skip BLAS on the CPU path: fp32 is ~20x faster there (DESIGN.md §4)
+            # bf16 matmuls skip BLAS on the CPU path: fp32 is ~20x faster there (docs/platform.md)
             model.set_dtype(mx.float32)
         model.freeze()
         self.num_layers = config.lora.layers_to_adapt(len(model.layers))
@@ -66,7 +66,8 @@ class MLXLoRABackend:
         }
         linear_to_lora_layers(model, self.num_layers, parameters)
         # Materialise the new LoRA arrays on this thread's stream: without it, training on a
-        # worker thread fails with "There is no Stream(cpu, 0) in current thread" (DESIGN.md §4).
+        # worker thread fails with "There is no Stream(cpu, 0) in current thread"
+        # (docs/platform.md).
         mx.eval(model.parameters())
         _check_targets(model, lora.target_modules, self.num_layers)
         self.model = model

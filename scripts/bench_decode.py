@@ -31,7 +31,7 @@ OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 
 
 def model_dir() -> Path:
-    from server.engine.embedded import ensure_embedded_model
+    from server.models.embedded import ensure_embedded_model
     from server.settings import Settings
 
     return ensure_embedded_model(Settings().models_dir)

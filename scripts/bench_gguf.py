@@ -55,7 +55,7 @@ def long_prompt(run: int) -> list[dict[str, str]]:
 
 
 def model_dir() -> Path:
-    from server.engine.embedded import ensure_embedded_model
+    from server.models.embedded import ensure_embedded_model
     from server.settings import Settings
 
     return ensure_embedded_model(Settings().models_dir)
@@ -75,8 +75,8 @@ def in_threads(one: Callable[[int], None]) -> float:
 def in_process(backend: str, tokens: int, runs: int) -> dict[str, float]:
     """Decode and prefill tok/s of one engine in this process."""
     from server.engine.base import GenerationParams
-    from server.engine.registry import load_engine
     from server.engine.templates import ChatTemplate
+    from server.models.loading import load_engine
 
     engine: Any = load_engine(backend.removesuffix("-generate"), model_dir())
     template = ChatTemplate(engine.tokenizer)
@@ -162,7 +162,7 @@ def contexts(tokens: int, threads_each: int) -> dict[str, float]:
     """4 streams on 4 llama.cpp contexts in parallel threads: total tok/s and mean TTFT."""
     from llama_cpp import Llama
 
-    from server.engine.gguf_backend import find_gguf
+    from server.modelfiles import find_gguf
 
     gguf = find_gguf(model_dir())
     assert gguf is not None

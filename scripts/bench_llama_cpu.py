@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """llama.cpp's CPU kernels on this machine: the portable build's variants against a native build.
 
-pomar installs llama.cpp built for every CPU (server/engine/gguf_cpu.py picks the variant at
+pomar installs llama.cpp built for every CPU (server/engine/gguf/cpu.py picks the variant at
 load). This measures the embedded model on pomar's GGUF engine (`server.bench.measure`:
 greedy decode tok/s, cold prefill tok/s) with:
   * portable/auto: the variant pomar picks here;
@@ -42,7 +42,7 @@ if {no_extra}:
         return params
     lc.llama_model_default_params = _params
 from server.bench import measure
-from server.engine.gguf_cpu import ensure_cpu_backend
+from server.engine.gguf.cpu import ensure_cpu_backend
 row = measure("gguf", Path({path!r}), {tokens}, {prompt_tokens}, {runs})
 cpu = ensure_cpu_backend()
 row["kernels"] = cpu.variant or cpu.kind
@@ -51,7 +51,7 @@ print("RESULT " + json.dumps(row))
 
 
 def model_path() -> Path:
-    from server.engine.embedded import ensure_embedded_model
+    from server.models.embedded import ensure_embedded_model
     from server.settings import Settings
 
     return ensure_embedded_model(Settings().models_dir)

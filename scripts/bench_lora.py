@@ -10,7 +10,7 @@ mlx-lm trains the weights in the dtype they are stored in; pomar casts to float3
 ``mlx_lm convert --dtype float32``) — the like-for-like engine comparison — and, with
 ``--native-iters N``, also on the folder as stored.
 
-Run with OpenBLAS preloaded on Linux (DESIGN.md §4):
+Run with OpenBLAS preloaded on Linux (docs/platform.md):
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 \\
         .venv/bin/python scripts/bench_lora.py [--model DIR]
@@ -264,7 +264,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.model is None:
-        from server.engine.embedded import ensure_embedded_model
+        from server.models.embedded import ensure_embedded_model
 
         args.model = ensure_embedded_model(Path.home() / ".pomar" / "models")
     if args.iters <= args.warmup or args.examples < args.iters * args.batch_size:

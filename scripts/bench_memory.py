@@ -38,7 +38,7 @@ from openai import OpenAI
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.engine.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path  # noqa: E402
+from server.models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path  # noqa: E402
 
 MB = 1_000_000
 LONG_PROMPT = "Summarise this text in one sentence. " + " ".join(

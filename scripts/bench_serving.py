@@ -72,7 +72,7 @@ def free_port() -> int:
 
 
 def openblas_env() -> dict[str, str]:
-    from server.engine.openblas import find_openblas
+    from server.engine.mlx.openblas import find_openblas
 
     env = dict(os.environ)
     lib = find_openblas()
@@ -137,7 +137,7 @@ def start_server(kind: str, model: Path, max_batch: int) -> Server:
         # It needs the [server] extra, whose fastapi pins starlette: give it its own venv
         # (pip install 'llama-cpp-python[server]==0.3.36') and name its python here.
         py = os.environ.get("LLAMA_CPP_PYTHON", py)
-        from server.engine.gguf_backend import find_gguf
+        from server.modelfiles import find_gguf
 
         gguf = find_gguf(model)
         if gguf is None:
@@ -327,7 +327,7 @@ def in_process_child(args: argparse.Namespace) -> dict[str, float]:
 
 
 def default_model() -> Path:
-    from server.engine.embedded import ensure_embedded_model
+    from server.models.embedded import ensure_embedded_model
     from server.settings import Settings
 
     return ensure_embedded_model(Settings().models_dir)

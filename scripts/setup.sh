@@ -27,7 +27,7 @@ find_python() {
 }
 
 install_openblas() {
-  # MLX's Linux wheel links the reference BLAS; OpenBLAS makes it 2-15x faster (DESIGN.md §4).
+  # MLX's Linux wheel links the reference BLAS; OpenBLAS makes it 2-15x faster (docs/platform.md).
   [ "$OS" = "Linux" ] || return 0
   ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1 && return 0
   command -v apt-get >/dev/null 2>&1 || { say "no apt-get: install OpenBLAS yourself for faster MLX"; return 0; }
@@ -71,7 +71,7 @@ llama_cpp_flags() {
   # A portable llama.cpp, never -march=native: a native build faults on CPUs that differ
   # from the one it was built on (AMX kernels on a VM without AMX tiles) and pip reuses
   # its cached wheel across machines. On Linux every CPU variant is built and the best
-  # is chosen at load (server/engine/gguf_cpu.py); macOS keeps the default (Metal) build.
+  # is chosen at load (server/engine/gguf/cpu.py); macOS keeps the default (Metal) build.
   case "$OS-$(uname -m)" in
     Darwin-*) echo "" ;;
     Linux-x86_64 | Linux-aarch64 | Linux-arm64)
@@ -88,7 +88,7 @@ install_llama_cpp() {
   cache="${XDG_CACHE_HOME:-$HOME/.cache}/pomar/wheels/llama-cpp-python-$LLAMA_CPP_PYTHON-$(printf '%s' "$flags" | cksum | cut -d' ' -f1)"
   if ! ls "$cache"/*.whl >/dev/null 2>&1; then
     check_compiler
-    say "building llama.cpp for every CPU (first time only: ~15 minutes on 2 cores; log: $log)"
+    say "building llama.cpp for every CPU (first time only: about 7 minutes on 2 cores; log: $log)"
     rm -rf "$cache.tmp"
     if ! CMAKE_ARGS="$flags" "$VENV/bin/python" -m pip wheel --disable-pip-version-check -q \
       --no-deps --no-cache-dir -w "$cache.tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON" >>"$log" 2>&1; then

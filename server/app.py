@@ -18,23 +18,24 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.catalog import ModelCatalog
 from server.engine.base import Engine
 from server.engine.embeddings import EmbeddingModel
-from server.engine.registry import load_engine, resolve_model_path, settle_backend
-from server.engine.resident import (
+from server.engine.templates import ChatTemplate, sampling_defaults
+from server.engine.worker import GenerationWorker
+from server.errors import PomarError, error_envelope
+from server.jobs.runner import JobRunner
+from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from server.models import ModelCatalog
+from server.models.finetuned import FineTunedModels
+from server.models.loading import load_engine, resolve_model_path, settle_backend
+from server.models.registry import ModelRegistry
+from server.models.residency import (
     LoadedModel,
     ModelSpec,
     Residency,
     default_budget,
     estimate_memory,
 )
-from server.engine.served import ModelRegistry
-from server.engine.templates import ChatTemplate, sampling_defaults
-from server.engine.worker import GenerationWorker
-from server.errors import PomarError, error_envelope
-from server.jobs.runner import JobRunner
-from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from server.routes import (
     chat,
     completions,
@@ -91,10 +92,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             default = await load_default_model(settings, engine)
             registry.add(default)
             embedding = serve_embedding_model(settings.embedding_model, registry)
-            serve_fine_tuned_models(store, registry)
-            runner = JobRunner(
-                store, registry.base_path, registry.add_adapter_model, default.engine.backend
-            )
+            fine_tuned = FineTunedModels(store, registry)
+            fine_tuned.serve_all()
+            runner = JobRunner(store, registry.base_path, fine_tuned.register)
             runner.start()
             reaper = asyncio.create_task(registry.keep_alive_loop())
             app.state.services = Services(
@@ -178,20 +178,6 @@ def open_store(settings: Settings) -> Store:
     return store
 
 
-def serve_fine_tuned_models(store: Store, registry: ModelRegistry) -> None:
-    """Serve every stored fine-tuned (and checkpoint) model whose base this server knows."""
-    for record in store.models.list():
-        if registry.base_path(record.base_model) is None:
-            log.info("not serving %s: its base %s is not served here", record.id, record.base_model)
-            continue
-        if not Path(record.adapter_path).is_dir():
-            log.warning("not serving %s: its adapter %s is gone", record.id, record.adapter_path)
-            continue
-        registry.add_adapter_model(
-            record.id, record.base_model, Path(record.adapter_path), record.created
-        )
-
-
 async def load_default_model(settings: Settings, engine: Engine | None) -> LoadedModel:
     """The model named at start: resolved, its backend chosen (and why logged), loaded.
 
@@ -225,7 +211,7 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
     if spec.backend == "mlx":
         import os
 
-        from server.engine.openblas import status
+        from server.engine.mlx.openblas import status
 
         log.info(status(os.environ))
     worker = GenerationWorker(spec.backend)

@@ -96,8 +96,8 @@ def _peak_rss_mb() -> float:
 def measure(backend: str, path: Path, tokens: int, prompt_tokens: int, runs: int) -> dict[str, Any]:
     """Load `path` with `backend` in this process and time it (see the module docstring)."""
     from server.engine.base import GenerationParams
-    from server.engine.registry import load_engine
     from server.engine.templates import ChatTemplate
+    from server.models.loading import load_engine
 
     started = time.perf_counter()
     engine: Any = load_engine(backend, path, {"prompt_cache_entries": 0})
@@ -157,8 +157,8 @@ def measure(backend: str, path: Path, tokens: int, prompt_tokens: int, runs: int
 
 def _skip_reason(backend: str, path: Path) -> str | None:
     """Why `backend` cannot load `path` here, or None when it can try."""
-    from server.engine.gguf_backend import find_gguf
     from server.errors import ModelLoadError
+    from server.modelfiles import find_gguf
 
     if backend not in BACKENDS:
         return f"unknown backend (choose from {', '.join(BACKENDS)})"
@@ -176,7 +176,7 @@ def _skip_reason(backend: str, path: Path) -> str | None:
 
 def _child_env(backend: str) -> dict[str, str]:
     """The child's environment: OpenBLAS preloaded for MLX on Linux, for no one else."""
-    from server.engine.openblas import MARKER, preload_environment
+    from server.engine.mlx.openblas import MARKER, preload_environment
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if backend == "mlx":
@@ -234,8 +234,8 @@ def _print_table(rows: list[dict[str, Any]], title: str, caption: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Benchmark the engines on `args.model`; 0 when at least one engine ran."""
-    from server.engine.registry import resolve_model_path
     from server.errors import ModelLoadError
+    from server.models.loading import resolve_model_path
     from server.settings import Settings
 
     if min(args.tokens, args.prompt_tokens, args.runs) < 1:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from server.settings import Settings
 
@@ -14,64 +14,29 @@ log = logging.getLogger("pomar")
 
 
 def _serve_parser(sub: Any) -> None:
+    """`pomar serve`: one flag per `Settings` field, generated (README's table lists them)."""
     p = sub.add_parser("serve", help="start the OpenAI-compatible server")
-    p.add_argument("--host", help="interface to bind (POMAR_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port (POMAR_PORT, default 8000)")
-    p.add_argument(
-        "--model", help="embedded id, local HF folder, .gguf file or hub repo id (POMAR_MODEL)"
-    )
-    p.add_argument(
-        "--backend",
-        choices=["auto", "mlx", "torch", "gguf"],
-        help="engine: gguf is llama.cpp on a GGUF file (POMAR_BACKEND, default auto)",
-    )
-    p.add_argument("--home", help="models, files and jobs (POMAR_HOME, default ~/.pomar)")
-    p.add_argument("--api-key", help="require this Bearer key on /v1 (POMAR_API_KEY)")
-    p.add_argument("--log-level", help="debug, info, warning... (POMAR_LOG_LEVEL)")
-    p.add_argument(
-        "--embedding-model",
-        help="/v1/embeddings model: all-minilm-l6-v2 (default), a local sentence-transformers "
-        "folder, or none (POMAR_EMBEDDING_MODEL)",
-    )
-    p.add_argument(
-        "--max-batch-size",
-        type=int,
-        help="requests decoded together on the MLX engine (POMAR_MAX_BATCH_SIZE, default 8)",
-    )
-    p.add_argument(
-        "--prompt-cache-entries",
-        type=int,
-        help="KV caches kept for prompt-prefix reuse, 0 for none (POMAR_PROMPT_CACHE_ENTRIES)",
-    )
-    p.add_argument(
-        "--prompt-cache-mb",
-        type=int,
-        help="memory bound of the prompt cache in MiB (POMAR_PROMPT_CACHE_MB, default 128)",
-    )
-    p.add_argument(
-        "--cors-origins",
-        help="browser origins allowed to call the API, comma-separated, * for any "
-        "(POMAR_CORS_ORIGINS; default none: CORS off)",
-    )
-    p.add_argument(
-        "--max-body-bytes",
-        type=int,
-        help="largest JSON request body (POMAR_MAX_BODY_BYTES, default 8 MiB)",
-    )
-    p.add_argument(
-        "--max-messages",
-        type=int,
-        help="most messages in one chat request (POMAR_MAX_MESSAGES, default 2048)",
-    )
-    p.add_argument(
-        "--max-memory",
-        help="memory budget for loaded models, e.g. 8GB (POMAR_MAX_MEMORY, default RAM - 4 GiB)",
-    )
-    p.add_argument(
-        "--keep-alive",
-        help="unload a model idle this long: seconds or 30s/5m/1h, -1 never "
-        "(POMAR_KEEP_ALIVE, default 5m; the start model stays)",
-    )
+    for name, field in Settings.model_fields.items():
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default in (None, []) else default
+        p.add_argument(
+            setting_flag(name),
+            dest=name,
+            choices=choices,
+            metavar=None if choices else name.upper(),
+            help=f"{field.description} ({setting_env(name)}, default {shown})",
+        )
+
+
+def setting_flag(name: str) -> str:
+    """The `pomar serve` flag of a `Settings` field: `max_memory` -> `--max-memory`."""
+    return "--" + name.replace("_", "-")
+
+
+def setting_env(name: str) -> str:
+    """The environment variable of a `Settings` field: `max_memory` -> `POMAR_MAX_MEMORY`."""
+    return f"POMAR_{name.upper()}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from server import bench
 
     bench.add_parser(sub)
-    from server.catalog import cli as models_cli
+    from server.models import cli as models_cli
 
     models_cli.add_parser(sub)
     from server import doctor
@@ -98,26 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Environment variables first, then the flags that were given on top."""
-    names = (
-        "host",
-        "port",
-        "model",
-        "backend",
-        "home",
-        "api_key",
-        "log_level",
-        "embedding_model",
-        "max_batch_size",
-        "prompt_cache_entries",
-        "prompt_cache_mb",
-        "max_memory",
-        "keep_alive",
-        "cors_origins",
-        "max_body_bytes",
-        "max_messages",
-    )
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    return Settings(**overrides)
+    given = {n: getattr(args, n, None) for n in Settings.model_fields}
+    return Settings(**{n: v for n, v in given.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         return data_main(argv[1:], resolve_model=_resolve_model_for_data)
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return serve(settings_from_args(args), argv)
+        from pydantic import ValidationError
+
+        try:
+            settings = settings_from_args(args)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            name = str(first["loc"][0]) if first["loc"] else "settings"
+            print(
+                f"pomar: {setting_flag(name)} / {setting_env(name)}: {first['msg']}",
+                file=sys.stderr,
+            )
+            return 2
+        return serve(settings, argv)
     if args.command == "tune":
         from server import tune
 
@@ -138,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             _reexec_with_openblas(argv)
         if requested in ("auto", "gguf"):
             # the GGUF engine serves but does not train: tune with its training backend
-            from server.engine.registry import choose_backend, training_backend
+            from server.models.loading import choose_backend, training_backend
 
             args.backend = training_backend(choose_backend(requested)[0])
         return tune.run(args)
     if args.command == "models":
-        from server.catalog import cli as models_cli
+        from server.models import cli as models_cli
 
         return models_cli.run(args)
     if args.command == "doctor":
@@ -198,7 +157,7 @@ def _check_start_engine(settings: Settings) -> None:
     The server's start-up does the same (from the cache this fills); doing it first lets a
     failure end the command with one line instead of a failed start-up's traceback.
     """
-    from server.engine.registry import resolve_model_path, settle_backend
+    from server.models.loading import resolve_model_path, settle_backend
 
     path = resolve_model_path(settings.model, settings.models_dir)
     settle_backend(settings.backend, path, settings.home)
@@ -206,7 +165,7 @@ def _check_start_engine(settings: Settings) -> None:
 
 def _reexec_with_openblas(argv: list[str]) -> None:
     """On Linux, restart once with OpenBLAS preloaded so MLX gets a fast BLAS."""
-    from server.engine.openblas import preload_environment
+    from server.engine.mlx.openblas import preload_environment
 
     env = preload_environment(os.environ)
     if env is not None:
@@ -217,6 +176,6 @@ def _reexec_with_openblas(argv: list[str]) -> None:
 
 def _resolve_model_for_data(model: str) -> str:
     """Let `pomar data --model` take the server's model ids (the embedded one included)."""
-    from server.engine.registry import resolve_model_path
+    from server.models.loading import resolve_model_path
 
     return str(resolve_model_path(model, Settings().models_dir))

@@ -74,8 +74,8 @@ def _version(dist: str) -> str | None:
 
 
 def _cpu() -> dict[str, Any]:
-    from server.engine.gguf_backend import physical_cores
-    from server.engine.gguf_cpu import cpu_flags
+    from server.engine.gguf.backend import physical_cores
+    from server.engine.gguf.cpu import cpu_flags
 
     name = platform.processor() or platform.machine()
     if sys.platform.startswith("linux"):
@@ -96,7 +96,7 @@ def _cpu() -> dict[str, Any]:
 
 
 def _gpu() -> dict[str, Any]:
-    from server.engine.registry import mlx_device, torch_has_cuda
+    from server.models.loading import mlx_device, torch_has_cuda
 
     device, _ = mlx_device()
     return {"metal_or_mlx_gpu": device == "gpu", "cuda": torch_has_cuda()}
@@ -107,7 +107,7 @@ def _gguf() -> dict[str, Any]:
     if out["version"] is None:
         return out
     try:
-        from server.engine.gguf_cpu import ensure_cpu_backend, system_info
+        from server.engine.gguf.cpu import ensure_cpu_backend, system_info
 
         cpu = ensure_cpu_backend()
         out.update(
@@ -123,8 +123,8 @@ def _gguf() -> dict[str, Any]:
 
 
 def _mlx() -> dict[str, Any]:
-    from server.engine.openblas import status
-    from server.engine.registry import mlx_device
+    from server.engine.mlx.openblas import status
+    from server.models.loading import mlx_device
 
     out: dict[str, Any] = {"version": _version("mlx"), "mlx_lm": _version("mlx-lm")}
     if out["version"] is None:
@@ -138,7 +138,7 @@ def _mlx() -> dict[str, Any]:
 
 
 def _torch() -> dict[str, Any]:
-    from server.engine.registry import torch_has_cuda
+    from server.models.loading import torch_has_cuda
 
     out: dict[str, Any] = {"version": _version("torch")}
     if out["version"] is not None:
@@ -148,7 +148,7 @@ def _torch() -> dict[str, Any]:
 
 
 def _store(settings: Settings) -> dict[str, Any]:
-    from server.catalog.store import ModelCatalog, folder_size
+    from server.models.store import ModelCatalog, folder_size
 
     home = settings.home
     entries = ModelCatalog(settings.models_dir).list() if settings.models_dir.is_dir() else []
@@ -161,8 +161,8 @@ def _store(settings: Settings) -> dict[str, Any]:
 
 def _model_path(settings: Settings) -> tuple[Path | None, str | None]:
     """The default model's folder (the embedded one is imported on first use)."""
-    from server.engine.registry import resolve_model_path
     from server.errors import ModelLoadError
+    from server.models.loading import resolve_model_path
 
     try:
         return resolve_model_path(settings.model, settings.models_dir), None
@@ -171,8 +171,8 @@ def _model_path(settings: Settings) -> tuple[Path | None, str | None]:
 
 
 def _memory(settings: Settings, path: Path | None, error: str | None) -> dict[str, Any]:
-    from server.engine.registry import backend_for
-    from server.engine.resident import estimate_memory, total_memory
+    from server.models.loading import backend_for
+    from server.models.residency import estimate_memory, total_memory
 
     out: dict[str, Any] = {"total_bytes": total_memory(), "available_bytes": _available()}
     out["model"] = settings.model
@@ -200,8 +200,8 @@ def _self_checks(
     settings: Settings, path: Path | None, run_new: bool, engines: dict[str, Any]
 ) -> dict[str, Any]:
     """Each installed engine's self-check on this machine: kept, run now, or not run."""
-    from server.engine.registry import engine_candidates
-    from server.engine.selfcheck import CheckCache, check_key, checked
+    from server.models.loading import engine_candidates
+    from server.models.selfcheck import CheckCache, check_key, checked
 
     cache = CheckCache(settings.home)
     can = {e for e, _ in engine_candidates("auto", path)} if path is not None else set()
@@ -225,7 +225,7 @@ def _print(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from server.catalog.cli import human_size
+    from server.models.cli import human_size
 
     table = Table(show_header=False, title="pomar doctor", title_justify="left")
     table.add_column(style="bold")

@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from finetune.progress import RichProgress
     from finetune.results import plot_loss_curve, write_results_csv
     from finetune.trainer import train
-    from server.engine.registry import resolve_model_path, training_backend
     from server.jobs.hyper import train_config
     from server.jobs.validation import prepare_training_data
+    from server.models.loading import resolve_model_path, training_backend
 
     console = Console(stderr=True, soft_wrap=True)  # paths stay whole, copy-pasteable
     overrides = {"model": args.model} if args.model else {}

@@ -36,7 +36,7 @@ def pomar_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model_path(pomar_home: Path) -> Path:
     """The embedded SmolLM2 model imported into the session's store."""
-    from server.engine.embedded import ensure_embedded_model
+    from server.models.embedded import ensure_embedded_model
 
     return ensure_embedded_model(pomar_home / "models", progress=False)
 
@@ -61,7 +61,7 @@ def tiny_gguf_path(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFacto
     """
     import shutil
 
-    from server.engine.hf_to_gguf import convert_hf_to_gguf
+    from server.engine.gguf.from_hf import convert_hf_to_gguf
 
     folder = tmp_path_factory.mktemp("tiny-gguf") / tiny_model_path.name
     shutil.copytree(tiny_model_path, folder)
@@ -90,7 +90,7 @@ def embedded_server(pomar_home: Path, embedded_model_path: Path) -> Iterator[Liv
 @pytest.fixture(scope="session")
 def gguf_engine(embedded_model_path: Path) -> object:
     """The GGUF engine (llama.cpp) on the GGUF file the embedded model ships as."""
-    from server.engine.registry import load_engine
+    from server.models.loading import load_engine
 
     return load_engine("gguf", embedded_model_path)
 

@@ -1,1 +1,1 @@
-"""The Engine interface, its MLX and torch backends, and the generation worker."""
+"""Engines: the interface, generation and its worker, and one package per backend."""

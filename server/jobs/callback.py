@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from server.jobs.naming import checkpoint_model_id
-from server.store import Store, StoreError
+from server.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +22,16 @@ class JobCallback(TrainingCallback):
         self,
         store: Store,
         job_id: str,
-        base_model: str,
         fine_tuned_model: str,
         stop: threading.Event,
-        serve_checkpoint: Callable[[str, Path], None],
+        register_checkpoint: Callable[[str, Path], None],
     ) -> None:
+        """`register_checkpoint(model id, folder)` persists and serves a checkpoint model."""
         self._store = store
         self._job = job_id
-        self._base = base_model
         self._ft = fine_tuned_model
         self._stop = stop
-        self._serve = serve_checkpoint
+        self._register = register_checkpoint
         self._last_event = 0.0
 
     def on_step(self, metrics: StepMetrics) -> None:
@@ -89,13 +87,8 @@ class JobCallback(TrainingCallback):
             path=str(info.path),
             metrics=metrics,
         )
-        # the same step saved again after a resume is already registered
-        with contextlib.suppress(StoreError):
-            self._store.models.register(
-                model_id, base_model=self._base, adapter_path=str(info.path), job_id=self._job
-            )
         self._store.jobs.update(self._job, last_checkpoint_step=info.step)
-        self._serve(model_id, info.path)
+        self._register(model_id, info.path)
         self._store.events.add(self._job, f"Checkpoint created at step {info.step}: {model_id}")
 
     def should_stop(self) -> bool:

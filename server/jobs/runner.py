@@ -11,7 +11,6 @@ Serving goes on meanwhile: training runs here, generation on the engine's worker
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -20,11 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.engine.registry import training_backend
 from server.jobs.callback import JobCallback
 from server.jobs.errors import JobFailed
 from server.jobs.naming import fine_tuned_model_id
-from server.store import Store, StoreError
+from server.models.loading import backend_for, training_backend
+from server.store import Store
 from server.store.jobs import JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,8 @@ log = logging.getLogger(__name__)
 ACTIVE: tuple[JobStatus, ...] = ("validating_files", "queued", "running")
 RUNNING: tuple[JobStatus, ...] = ("running",)
 WAITING: tuple[JobStatus, ...] = ("queued", "running")
-ServeAdapter = Callable[[str, str, Path, int], None]  # (model id, base id, adapter, created)
+#: persist and serve a fine-tuned model: (model id, base id, adapter folder, job id)
+Register = Callable[[str, str, Path, str], None]
 
 
 class JobRunner:
@@ -42,14 +42,13 @@ class JobRunner:
         self,
         store: Store,
         base_model_path: Callable[[str], Path | None],
-        serve_adapter: ServeAdapter,
-        backend: str,
+        register: Register,
     ) -> None:
+        """`base_model_path` says whether a base is still served here; `register` is
+        `server.models.finetuned.FineTunedModels.register`."""
         self._store = store
         self._base_path = base_model_path
-        self._serve = serve_adapter
-        # a gguf-served base trains with MLX (or torch) on its HF folder
-        self._backend = training_backend(backend)
+        self._register = register
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._stops: dict[str, threading.Event] = {}
         self._shutdown = threading.Event()
@@ -119,8 +118,10 @@ class JobRunner:
         if job is None or job.status not in ACTIVE:
             return
         stop = self._stops.setdefault(job_id, threading.Event())
-        base_path = self._base_path(job.model)
-        if base_path is None:
+        # the job records the folder it trains on when it is created
+        served = self._base_path(job.model)
+        base_path = Path(job.base_model_path) if job.base_model_path else served
+        if served is None or base_path is None or not base_path.is_dir():
             raise JobFailed(
                 "server_restarted",
                 f"The base model '{job.model}' is not served by this server any more.",
@@ -150,8 +151,10 @@ class JobRunner:
         if cleaned := clean_partial_writes(out_dir):
             log.info("job %s: removed %d half-written folder(s) of a crash", job_id, cleaned)
         resume = latest_checkpoint(out_dir)
+        # the job records the trainer chosen for its base when it is created
+        backend = job.backend or training_backend(backend_for("auto", base_path))
         config, resolved = train_config(
-            job.hyperparameters, job.seed, base_path, data_dir, out_dir, self._backend, resume
+            job.hyperparameters, job.seed, base_path, data_dir, out_dir, backend, resume
         )
         ft_id = fine_tuned_model_id(job.model, job.suffix, job.id)
         started = self._store.jobs.update(
@@ -166,15 +169,15 @@ class JobRunner:
             return
         self._store.events.add(
             job_id,
-            f"Fine-tuning job started on {self._backend}"
+            f"Fine-tuning job started on {backend}"
             + (f", resuming at step {resume.name.removeprefix('step-')}" if resume else "")
             + ".",
         )
 
-        def serve_checkpoint(model_id: str, path: Path) -> None:
-            self._serve(model_id, job.model, path, int(time.time()))
+        def register_checkpoint(model_id: str, path: Path) -> None:
+            self._register(model_id, job.model, path, job_id)
 
-        callback = JobCallback(self._store, job_id, job.model, ft_id, stop, serve_checkpoint)
+        callback = JobCallback(self._store, job_id, ft_id, stop, register_checkpoint)
         result = train(config, callback)
         if result.stopped_early:
             if self._shutdown.is_set() and self._store.jobs.get(job_id).status == "running":  # type: ignore[union-attr]
@@ -189,11 +192,6 @@ class JobRunner:
 
         result_files = store_results(self._store, job.id, result.history)
         created = int(time.time())
-        # already registered if a crash hit between this step and the next
-        with contextlib.suppress(StoreError):
-            self._store.models.register(
-                ft_id, base_model=job.model, adapter_path=str(result.adapter_path), job_id=job.id
-            )
         done = self._store.jobs.update(
             job.id,
             status="succeeded",
@@ -207,6 +205,8 @@ class JobRunner:
         )
         if done is None:
             return  # cancelled at the very end: the checkpoints stay, no final model
-        self._serve(ft_id, job.model, result.adapter_path, created)
+        # a crash right here leaves the job succeeded and its model unregistered: the next
+        # start registers it (FineTunedModels.serve_all)
+        self._register(ft_id, job.model, result.adapter_path, job.id)
         self._store.events.add(job.id, f"New fine-tuned model created: {ft_id}")
         self._store.events.add(job.id, "The job has successfully completed.")

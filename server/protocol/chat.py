@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.engine.base import GenerationParams
 from server.errors import InvalidRequest, UnsupportedParameter
 from server.protocol.common import OpenAIModel, Usage
 from server.protocol.sampling import SamplingRequest
@@ -143,17 +141,10 @@ class ChatCompletionRequest(SamplingRequest):
             out.append(msg)
         return out
 
-    def to_generation_params(
-        self, default_max_tokens: int, defaults: Mapping[str, float] | None = None
-    ) -> GenerationParams:
-        """Map the OpenAI parameters onto the engine's sampling parameters.
-
-        `defaults` (the model's generation_config) fill temperature / top_p when the
-        request names none; OpenAI's 1.0 otherwise.
-        """
+    def limits(self, default_max_tokens: int) -> tuple[int, int | None]:
+        """(tokens to generate at most, alternatives per token's logprobs or None)."""
         limit = self.max_completion_tokens or self.max_tokens or default_max_tokens
-        top_logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self.sampling_params(limit, top_logprobs, defaults)
+        return limit, (self.top_logprobs or 0) if self.logprobs else None
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]

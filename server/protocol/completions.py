@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from server.engine.base import GenerationParams
 from server.errors import InvalidRequest
 from server.protocol.common import OpenAIModel, Usage
 from server.protocol.sampling import SamplingRequest
@@ -99,18 +97,17 @@ class CompletionRequest(SamplingRequest):
                 out.append(p if isinstance(p, str) else list(p))
         return [ids] if ids else out
 
-    def to_generation_params(self, defaults: Mapping[str, float] | None = None) -> GenerationParams:
-        """Map the OpenAI parameters onto the engine's sampling parameters.
+    def limits(self) -> tuple[int, int | None]:
+        """(tokens to generate at most, alternatives per token's logprobs or None).
 
-        `defaults` (the model's generation_config) fill temperature / top_p when the
-        request names none, as chat does. Logprobs are also asked of the engine when
-        best_of needs them to rank the candidates.
+        Logprobs are also asked of the engine when best_of needs them to rank the
+        candidates.
         """
         top_logprobs = self.logprobs
         if top_logprobs is None and self.candidates_per_prompt > self.choices_per_prompt:
             top_logprobs = 0
         limit = self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
-        return self.sampling_params(limit, top_logprobs, defaults)
+        return limit, top_logprobs
 
 
 def _token_ids(value: object) -> bool:

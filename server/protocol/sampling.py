@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from server.engine.base import GenerationParams
 from server.errors import InvalidRequest
 
 
@@ -30,7 +28,7 @@ class SamplingRequest(BaseModel):
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     n: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    #: OpenAI's range (int64); engines get it as a non-negative int (see sampling_params)
+    #: OpenAI's range (int64); engines get it as a non-negative int (server/services/sampling.py)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -66,30 +64,3 @@ class SamplingRequest(BaseModel):
                 "stream_options is only allowed when stream is true.", param="stream_options"
             )
         return self
-
-    def sampling_params(
-        self, max_tokens: int, top_logprobs: int | None, defaults: Mapping[str, float] | None
-    ) -> GenerationParams:
-        """Map the OpenAI parameters onto the engine's sampling parameters.
-
-        `defaults` (the model's generation_config) fill temperature / top_p when the
-        request names none (as vLLM does); OpenAI's 1.0 otherwise.
-        """
-        defaults = defaults or {}
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        temperature = self.temperature
-        if temperature is None:
-            temperature = defaults.get("temperature", 1.0)
-        top_p = self.top_p if self.top_p is not None else defaults.get("top_p", 1.0)
-        return GenerationParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=tuple(stops),
-            # one non-negative seed for every engine (numpy's generator refuses negatives)
-            seed=None if self.seed is None else self.seed % 2**63,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
-            top_logprobs=top_logprobs,
-        )

@@ -6,8 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.errors import InvalidRequest
-from server.protocol.fine_tuning import JobCreateRequest
+from server.protocol.fine_tuning import CheckpointPageQuery, JobCreateRequest, JobPageQuery
 from server.routes.common import json_body, json_response
 from server.services.fine_tuning import FineTuningService
 
@@ -16,12 +15,9 @@ def _service(request: Request) -> FineTuningService:
     return request.app.state.services.fine_tuning
 
 
-def _page(request: Request, default: int = 20) -> tuple[str | None, int]:
-    after = request.query_params.get("after") or None
-    raw = request.query_params.get("limit", str(default))
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
-        raise InvalidRequest("limit must be an integer between 1 and 100.", param="limit")
-    return after, int(raw)
+def _page(request: Request, query: type[JobPageQuery] = JobPageQuery) -> tuple[str | None, int]:
+    page = query.model_validate(dict(request.query_params))
+    return page.after or None, page.limit
 
 
 async def create_job(request: Request) -> Response:
@@ -48,7 +44,9 @@ async def list_events(request: Request) -> Response:
 
 async def list_checkpoints(request: Request) -> Response:
     job_id = request.path_params["job_id"]
-    return json_response(_service(request).checkpoints(job_id, *_page(request, default=10)))
+    return json_response(
+        _service(request).checkpoints(job_id, *_page(request, CheckpointPageQuery))
+    )
 
 
 routes = [

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 from server.engine.base import GenerationParams, Sampled
-from server.engine.resident import LoadedModel
 from server.errors import InvalidRequest
+from server.models.residency import LoadedModel
 from server.protocol.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -22,6 +22,7 @@ from server.protocol.common import Usage, new_id, now
 from server.protocol.tools import ToolUse
 from server.services.choices import Producer, choices_producer, fingerprint, usage
 from server.services.logprobs import LogprobFormatter
+from server.services.sampling import generation_params
 from server.services.structured import (
     ToolCallStream,
     build_constraint,
@@ -63,7 +64,9 @@ class ChatService:
         n = request.n or 1
         if n > self._max_n:
             raise InvalidRequest(f"n must be at most {self._max_n} on this server.", param="n")
-        params = request.to_generation_params(self._default_max_tokens, model.sampling)
+        params = generation_params(
+            request, *request.limits(self._default_max_tokens), model.sampling
+        )
         vocab = len(model.engine.tokenizer)
         if any(token_id >= vocab for token_id in params.logit_bias):
             raise InvalidRequest(

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from server.engine.base import GenerationParams
 from server.engine.generation import Chunk, stream_chunks
-from server.engine.resident import LoadedModel
+from server.models.residency import LoadedModel
 from server.protocol.common import PromptTokensDetails, Usage
 
 Producer = Callable[[Callable[[], bool]], Iterator[tuple[int, Chunk]]]

@@ -13,9 +13,9 @@ from server.engine.base import Engine, GenerationParams, Sampled
 from server.engine.detokenizer import Detokenizer
 from server.engine.fim import FimTokens, document_end_ids, find_fim_tokens
 from server.engine.generation import Chunk
-from server.engine.resident import LoadedModel
 from server.engine.token_bytes import TokenBytes
 from server.errors import InvalidRequest
+from server.models.residency import LoadedModel
 from server.protocol.common import new_id, now
 from server.protocol.completions import (
     Completion,
@@ -26,6 +26,7 @@ from server.protocol.completions import (
 )
 from server.services.choices import Producer, choices_producer, fingerprint, usage
 from server.services.logprobs import FLOOR
+from server.services.sampling import generation_params
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class CompletionService:
             if value is not None and value > self._max_n:
                 raise InvalidRequest(f"{name} must be at most {self._max_n} here.", param=name)
         facts = self._facts_of(model.engine)
-        params = request.to_generation_params(model.sampling)
+        params = generation_params(request, *request.limits(), model.sampling)
         if any(token_id >= facts.vocab_size for token_id in params.logit_bias):
             raise InvalidRequest(
                 f"logit_bias names a token id outside the vocabulary (size {facts.vocab_size}).",

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.engine.embeddings import EmbeddingEngine, EmbeddingModel, resolve_embedding_model
-from server.engine.served import ModelRegistry
 from server.errors import InvalidRequest, NotFound
+from server.models.registry import ModelRegistry
 from server.protocol.embeddings import (
     Embedding,
     EmbeddingList,

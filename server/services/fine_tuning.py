@@ -6,10 +6,10 @@ import contextlib
 import random
 from collections.abc import Iterator
 
-from server.engine.registry import training_backend
-from server.engine.served import ModelRegistry
 from server.errors import InvalidRequest, NotFound
 from server.jobs.runner import JobRunner
+from server.models.loading import training_backend
+from server.models.registry import ModelRegistry
 from server.protocol.fine_tuning import (
     CheckpointList,
     CheckpointMetrics,

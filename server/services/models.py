@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from server.engine.embeddings import EmbeddingModel
-from server.engine.resident import Listing
-from server.engine.served import ModelRegistry
 from server.errors import InvalidRequest, ModelNotFound
+from server.models.registry import ModelRegistry
+from server.models.residency import Listing
 from server.protocol.models import ModelCard, ModelDeleted, ModelList
 from server.store import Store
 

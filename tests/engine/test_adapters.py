@@ -59,7 +59,7 @@ def test_mlx_switchable_adapters_match_mlx_lm(
     import mlx.core as mx
     from mlx_lm import load
 
-    from server.engine.adapters_mlx import MLXAdapterSet
+    from server.engine.mlx.adapters import MLXAdapterSet
 
     ids = [5, 17, 42, 99, 7]
     base, _ = load(str(tiny_model_path))[:2]

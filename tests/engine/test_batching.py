@@ -15,7 +15,7 @@ import pytest
 
 from server.engine.base import GenerationParams
 from server.engine.generation import Chunk, interleave, stream_chunks
-from server.engine.mlx_backend import MLXEngine
+from server.engine.mlx.backend import MLXEngine
 from server.engine.worker import GenerationWorker
 
 GREEDY = GenerationParams(max_tokens=24, temperature=0.0, top_logprobs=0)
@@ -224,8 +224,8 @@ async def test_adapters_stay_per_request_across_sequential_choices(
     engine: MLXEngine, tiny_model_path: Path, tmp_path: Path
 ) -> None:
     """The services' own producer (n choices one after another) on interleaved jobs."""
-    from server.engine.registry import LoadedModel
     from server.engine.templates import ChatTemplate
+    from server.models.loading import LoadedModel
     from server.services.choices import choices_producer
 
     adapter = random_adapter(tiny_model_path, tmp_path / "lora")

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from server.engine import embedded
-from server.engine.embedded import (
+from server.models import embedded
+from server.models.embedded import (
     EMBEDDED_MODEL_ID,
     INSTALL_HINT,
     MARKER_NAME,

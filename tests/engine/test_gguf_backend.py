@@ -12,10 +12,10 @@ import pytest
 
 from server.engine.base import GenerationParams, Sampled, TokenConstraint
 from server.engine.generation import complete
-from server.engine.gguf_backend import GGUFEngine
-from server.engine.registry import choose_backend, load_engine, training_backend
+from server.engine.gguf.backend import GGUFEngine
 from server.engine.templates import ChatTemplate
 from server.errors import ModelLoadError
+from server.models.loading import choose_backend, load_engine, training_backend
 from tests.prompts import PARIS_QUESTION
 
 GREEDY = GenerationParams(max_tokens=12, temperature=0.0)
@@ -232,7 +232,7 @@ def test_adapter_does_what_it_does_on_the_torch_engine(
     import torch
 
     from finetune.adapters import convert_mlx_to_peft
-    from server.engine.torch_backend import TorchEngine
+    from server.engine.torch.backend import TorchEngine
 
     reference = TorchEngine(embedded_model_path, device="cpu")
     peft = convert_mlx_to_peft(gguf_adapter, tmp_path / "peft", embedded_model_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.gguf_cpu import _NEEDS_AMX, ensure_cpu_backend, kernel_dirs, system_info
+from server.engine.gguf.cpu import _NEEDS_AMX, ensure_cpu_backend, kernel_dirs, system_info
 from tests.prompts import PARIS_QUESTION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,8 +21,8 @@ import json, sys
 from pathlib import Path
 from server.engine.base import GenerationParams
 from server.engine.generation import complete
-from server.engine.gguf_cpu import ensure_cpu_backend
-from server.engine.registry import load_engine
+from server.engine.gguf.cpu import ensure_cpu_backend
+from server.models.loading import load_engine
 from server.engine.templates import ChatTemplate
 engine = load_engine("gguf", Path(sys.argv[1]))
 ids = ChatTemplate(engine.tokenizer).encode([{"role": "user", "content": sys.argv[2]}])

@@ -14,8 +14,8 @@ import pytest
 
 from server.engine.base import GenerationParams
 from server.engine.generation import complete
-from server.engine.gguf_backend import GGUFEngine
-from server.engine.hf_to_gguf import convert_hf_to_gguf
+from server.engine.gguf.backend import GGUFEngine
+from server.engine.gguf.from_hf import convert_hf_to_gguf
 from server.engine.templates import ChatTemplate
 from tests.prompts import PARIS_QUESTION
 
@@ -95,7 +95,7 @@ def test_f32_logits_match_torch(tiny_gguf_path: Path, tiny_model_path: Path) -> 
 
 
 def test_engine_greedy_tokens_match_torch_and_tokenizers_agree(tiny_gguf_path: Path) -> None:
-    from server.engine.torch_backend import TorchEngine
+    from server.engine.torch.backend import TorchEngine
 
     gguf_engine = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent)
     torch_engine = TorchEngine(tiny_gguf_path.parent)

@@ -8,7 +8,7 @@ import pytest
 
 from server.engine.base import GenerationParams
 from server.engine.generation import Completion, complete
-from server.engine.mlx_backend import MLXEngine
+from server.engine.mlx.backend import MLXEngine
 from server.engine.templates import ChatTemplate
 
 GREEDY = GenerationParams(max_tokens=20, temperature=0.0, top_logprobs=0)

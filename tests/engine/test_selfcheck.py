@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.registry import engine_candidates, settle_backend
-from server.engine.selfcheck import (
+from server.models.loading import engine_candidates, settle_backend
+from server.models.selfcheck import (
     CheckCache,
     CheckResult,
     EngineCheckError,

@@ -35,7 +35,7 @@ def test_bench_compares_every_engine(tiny_gguf_path: Path, tmp_path: Path) -> No
     # each engine in its own process: MLX alone got the OpenBLAS preload (on Linux)
     assert rows["torch"]["blas"] is None and rows["gguf"]["blas"] is None
     if sys.platform.startswith("linux") and rows["mlx"]["blas"] is None:
-        from server.engine.openblas import find_openblas
+        from server.engine.mlx.openblas import find_openblas
 
         assert find_openblas() is None
     assert "prefill tok/s" in done.stdout and "decode tok/s" in done.stdout

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser, settings_from_args
-from server.engine import openblas
+from server.cli import build_parser, setting_env, setting_flag, settings_from_args
+from server.engine.mlx import openblas
 from server.settings import Settings
+from tests.live_server import run_pomar
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,8 +58,8 @@ def test_openblas_preload_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 def test_unreachable_hub_id_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from server.engine.registry import resolve_model_path
     from server.errors import ModelLoadError
+    from server.models.loading import resolve_model_path
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -69,3 +70,32 @@ def test_unreachable_hub_id_fails_clearly(monkeypatch: pytest.MonkeyPatch, tmp_p
     (tmp_path / "folder").mkdir()
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
         resolve_model_path(str(tmp_path / "folder"), tmp_path)
+
+
+def test_every_setting_has_its_flag_and_its_readme_row() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("POMAR_"):
+            rows[cells[1]] = cells[0]
+    fields = Settings.model_fields
+    assert set(rows) >= {setting_env(n) for n in fields}, "a setting is missing in README"
+    for name in fields:
+        assert rows[setting_env(name)] == setting_flag(name)
+    args = build_parser().parse_args(["serve", *[f for n in fields for f in _flag_value(n)]])
+    assert {n for n in fields if getattr(args, n) is not None} == set(fields)
+
+
+def _flag_value(name: str) -> list[str]:
+    values = {"backend": "gguf", "keep_alive": "5m", "max_memory": "1GB"}
+    return [setting_flag(name), values.get(name, "1")]
+
+
+def test_a_bad_flag_value_is_one_line(tmp_path: Path) -> None:
+    done = run_pomar(["serve", "--port", "eighty"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "pomar: --port / POMAR_PORT: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )

@@ -16,7 +16,7 @@ from live_server import API_KEY, LiveServer, async_client_for, client_for
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.engine.mlx_backend import MLXEngine
+from server.engine.mlx.backend import MLXEngine
 from server.settings import Settings
 
 MODEL = "all-minilm-l6-v2"

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from server.app import create_app
 from server.engine.base import GenerationParams, Sampled, ShouldStop
-from server.engine.mlx_backend import MLXEngine
+from server.engine.mlx.backend import MLXEngine
 from server.settings import Settings
 
 SECRET_DETAIL = "/very/secret/path/weights.bin exploded"

@@ -12,7 +12,7 @@ from live_server import LiveServer, client_for
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.engine.mlx_backend import MLXEngine
+from server.engine.mlx.backend import MLXEngine
 from server.settings import Settings
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -12,7 +12,7 @@ from openai.types import FileDeleted, FileObject
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.engine.mlx_backend import MLXEngine
+from server.engine.mlx.backend import MLXEngine
 from server.services.files import WRITE_CHUNK_BYTES, FileService
 from server.settings import Settings
 from server.store import Store

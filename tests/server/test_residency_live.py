@@ -17,8 +17,8 @@ import pytest
 from live_server import LiveServer, client_for
 from openai.types.chat import ChatCompletionMessageParam
 
-from server.catalog import ModelCatalog
-from server.engine.resident import estimate_memory
+from server.models import ModelCatalog
+from server.models.residency import estimate_memory
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 

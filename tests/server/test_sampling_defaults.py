@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from server.engine.base import GenerationParams
 from server.engine.templates import end_of_turn_ids, sampling_defaults
 from server.protocol.chat import ChatCompletionRequest
+from server.services.sampling import generation_params
 
 MSG = [{"role": "user", "content": "hi"}]
+
+
+def params_of(request: ChatCompletionRequest, defaults: dict[str, float]) -> GenerationParams:
+    return generation_params(request, *request.limits(16), defaults)
 
 
 def test_model_defaults_fill_only_what_the_request_omits(tmp_path: Path) -> None:
@@ -17,10 +23,10 @@ def test_model_defaults_fill_only_what_the_request_omits(tmp_path: Path) -> None
     )
     defaults = sampling_defaults(tmp_path)
     assert defaults == {"temperature": 0.2, "top_p": 0.9}
-    omitted = ChatCompletionRequest(model="m", messages=MSG).to_generation_params(16, defaults)
+    omitted = params_of(ChatCompletionRequest(model="m", messages=MSG), defaults)
     assert (omitted.temperature, omitted.top_p) == (0.2, 0.9)
     given = ChatCompletionRequest(model="m", messages=MSG, temperature=0.0, top_p=1.0)
-    params = given.to_generation_params(16, defaults)
+    params = params_of(given, defaults)
     assert (params.temperature, params.top_p) == (0.0, 1.0)
 
 
@@ -30,7 +36,7 @@ def test_openai_defaults_without_model_defaults(tmp_path: Path) -> None:
         json.dumps({"do_sample": False, "temperature": 0.3})
     )
     assert sampling_defaults(tmp_path) == {}  # greedy models declare do_sample false
-    params = ChatCompletionRequest(model="m", messages=MSG).to_generation_params(16, {})
+    params = params_of(ChatCompletionRequest(model="m", messages=MSG), {})
     assert (params.temperature, params.top_p) == (1.0, 1.0)
 
 

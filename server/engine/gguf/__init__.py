@@ -1,0 +1,1 @@
+"""The GGUF engine: llama.cpp through llama-cpp-python, and the GGUF converters."""

@@ -1,0 +1,120 @@
+"""Sampling in numpy for the GGUF engine, step for step the torch engine's rules.
+
+llama.cpp's own sampler chain has no per-step mask hook for our TokenConstraint and counts
+penalties over a window that includes the prompt (OpenAI counts sampled tokens only), so
+the GGUF engine reads the raw logits and samples here: logit_bias, presence/frequency
+penalties, the constraint's mask, then greedy or temperature + nucleus sampling, with the
+logprobs taken from the adjusted, masked scores (before temperature), as in
+`server.engine.torch.backend`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from server.engine.base import GenerationParams, Sampled
+
+Floats = npt.NDArray[np.float32]
+
+#: candidates taken before sorting for top_p; grown when their mass falls short
+_NUCLEUS_START = 64
+
+
+@dataclass
+class Adjuster:
+    """logit_bias and OpenAI's presence/frequency penalties for one completion."""
+
+    params: GenerationParams
+    vocab: int
+    counts: Floats = field(init=False)
+    _bias_ids: npt.NDArray[np.int64] = field(init=False)
+    _bias_values: Floats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros(self.vocab, dtype=np.float32)
+        bias = {t: b for t, b in self.params.logit_bias.items() if 0 <= t < self.vocab}
+        self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+        self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+
+    def __call__(self, scores: Floats) -> Floats:
+        """Adjust `scores` (a fresh copy of the logits) in place and return them."""
+        if self._bias_ids.size:
+            scores[self._bias_ids] += self._bias_values
+        p = self.params
+        if p.presence_penalty or p.frequency_penalty:
+            scores -= p.frequency_penalty * self.counts
+            scores -= p.presence_penalty * (self.counts > 0).astype(np.float32)
+        return scores
+
+    def count(self, token: int) -> None:
+        """Record a sampled token (the prompt never counts)."""
+        self.counts[token] += 1.0
+
+
+def log_softmax(scores: Floats) -> Floats:
+    """Natural-log probabilities of `scores` (-inf entries stay -inf).
+
+    float32 throughout: numpy's float64 exp is ~7x slower, a tenth of a decode step.
+    """
+    shifted = scores - np.max(scores)
+    return shifted - np.float32(np.log(np.sum(np.exp(shifted), dtype=np.float64)))
+
+
+def sample(scores: Floats, params: GenerationParams, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0, else temperature + nucleus sampling."""
+    if params.temperature == 0:
+        return int(np.argmax(scores))
+    logits = scores / np.float32(params.temperature)
+    weights = np.exp(logits - np.max(logits))  # unnormalized probabilities
+    if params.top_p < 1.0:
+        ids, kept = _nucleus(weights, params.top_p)
+        # draw in id order, as over the whole vocabulary: llama.cpp's logits for a prompt
+        # differ in the last bits between a cold and a reused KV cache, which can swap two
+        # near-equal ids in a probability order and, with it, the token a seed draws
+        order = np.argsort(ids)
+        return int(ids[order][_draw(kept[order], rng)])
+    return _draw(weights, rng)
+
+
+def _nucleus(weights: Floats, top_p: float) -> tuple[npt.NDArray[np.intp], Floats]:
+    """The smallest best-first set of ids whose mass reaches top_p, and their weights.
+
+    A full sort of a 50k vocabulary costs ~2 ms, a fifth of a decode step; the nucleus
+    lies among the few best ids, so partition first and sort only those.
+    """
+    n = weights.shape[0]
+    target = top_p * float(np.sum(weights, dtype=np.float64))
+    k = min(_NUCLEUS_START, n)
+    while True:
+        ids = np.argpartition(-weights, k - 1)[:k] if k < n else np.arange(n)
+        if k == n or float(np.sum(weights[ids], dtype=np.float64)) >= target:
+            break
+        k = min(k * 4, n)
+    ids = ids[np.argsort(-weights[ids], kind="stable")]
+    kept = weights[ids].copy()
+    # keep the smallest set whose mass reaches top_p (always at least one token)
+    kept[np.cumsum(kept, dtype=np.float64) - kept > target] = 0.0
+    return ids, kept
+
+
+def _draw(weights: Floats, rng: np.random.Generator) -> int:
+    """An index drawn with probability proportional to `weights`."""
+    cdf = np.cumsum(weights)  # float32: a float64 cumsum of the vocabulary costs 0.6 ms
+    index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return min(index, weights.shape[0] - 1)
+
+
+def sampled(token: int, scores: Floats, top: int | None) -> Sampled:
+    """The token with its logprob and best alternatives, when the request asked."""
+    if top is None:
+        return Sampled(token)
+    logprobs = log_softmax(scores)
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(-logprobs, top - 1)[:top]
+        ids = ids[np.argsort(-logprobs[ids], kind="stable")]
+        best = tuple((int(i), float(logprobs[i])) for i in ids)
+    return Sampled(token, float(logprobs[token]), best)

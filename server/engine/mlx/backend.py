@@ -1,0 +1,217 @@
+"""MLX engine (mlx-lm): the primary backend. mlx is imported only when this loads."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop, TokenConstraint
+from server.engine.mlx.batching import BatchScheduler
+from server.engine.mlx.prompt_cache import PromptCache
+from server.engine.mlx.sampling import make_sampler
+from server.engine.templates import end_of_turn_ids
+from server.engine.worker import job_state
+
+#: the job-state key of the adapter a job's streams use
+_ADAPTER = "mlx.adapter"
+
+#: default bounds of the prompt cache (the server's settings override them)
+PROMPT_CACHE_ENTRIES = 16
+PROMPT_CACHE_BYTES = 256 << 20
+
+
+class MLXEngine(Engine):
+    """A model loaded by `mlx_lm.load`, decoded in continuous batches with a prompt cache.
+
+    Concurrent `token_stream`s opened on the worker thread share one batch per adapter
+    (see `server.engine.mlx.batching`); the worker interleaves their consumers when its
+    concurrency allows (`max_concurrency`).
+    """
+
+    backend = "mlx"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        max_batch_size: int = 8,
+        prompt_cache_entries: int = PROMPT_CACHE_ENTRIES,
+        prompt_cache_bytes: int = PROMPT_CACHE_BYTES,
+    ) -> None:
+        import mlx.core as mx
+        from mlx_lm import load
+
+        self._mx = mx
+        model, wrapper = load(str(model_path))[:2]
+        self._on_cpu = mx.default_device() == mx.cpu
+        if self._on_cpu:
+            # bf16 matmuls skip BLAS on the CPU path: fp32 decodes ~2x faster (docs/platform.md)
+            model.set_dtype(mx.float32)
+        self.model = model
+        self.tokenizer = wrapper._tokenizer
+        self.model_path = str(model_path)
+        self.eos_token_ids = end_of_turn_ids(self.tokenizer, model_path)
+        self._context = _context_length(model_path)
+        self._adapters: Any = None
+        #: the adapter the next token_stream uses ("" = the base), and where each lives
+        self._adapter_key = ""
+        self._adapter_dirs: dict[str, Path | None] = {"": None}
+        self.max_batch_size = max(1, max_batch_size)
+        self.prompt_cache = PromptCache(prompt_cache_entries, prompt_cache_bytes)
+        self._scheduler = BatchScheduler(
+            model, self._switch_adapter, self.prompt_cache, self.max_batch_size
+        )
+
+    def activate_adapter(self, adapter_dir: Path | None) -> None:
+        # loads (and validates) it now; the batch of its requests switches to it per step.
+        # The choice is the job's own: jobs interleave on the worker thread.
+        key = "" if adapter_dir is None else str(adapter_dir)
+        self._adapter_dirs[key] = adapter_dir
+        self._adapter_key = key
+        job_state()[_ADAPTER] = key
+        self._switch_adapter(key)
+
+    def _switch_adapter(self, key: str) -> None:
+        adapter_dir = self._adapter_dirs[key]
+        if adapter_dir is None and self._adapters is None:
+            return
+        if self._adapters is None:
+            from server.engine.mlx.adapters import MLXAdapterSet
+
+            self._adapters = MLXAdapterSet(self.model)
+        self._adapters.activate(adapter_dir)
+
+    @property
+    def context_length(self) -> int:
+        return self._context
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.max_batch_size
+
+    @property
+    def open_sequences(self) -> int:
+        """Token streams open in the batches now."""
+        return self._scheduler.active
+
+    @property
+    def largest_batch(self) -> int:
+        """The most streams one decode step has served together so far."""
+        return self._scheduler.largest_batch
+
+    def describe(self) -> str:
+        device = "cpu, float32" if self._on_cpu else "gpu"
+        return f"mlx ({device}, batch {self.max_batch_size})"
+
+    def token_stream(
+        self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
+    ) -> Iterator[Sampled]:
+        mx = self._mx
+        room = self._context - len(prompt_ids)
+        limit = min(params.max_tokens, room)
+        if limit <= 0 or not prompt_ids:
+            return
+        processors = _penalties(mx, params)
+        if params.constraint is not None:
+            # last: the mask has the final word on which ids may be sampled
+            processors.append(_masker(mx, params.constraint()))
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        sampler = make_sampler(mx, params.temperature, params.top_p, seed)
+        adapter = job_state().get(_ADAPTER, self._adapter_key)
+        sequence = self._scheduler.open(prompt_ids, adapter, sampler, processors, limit)
+        cached: int | None = sequence.cached
+        try:
+            if self.max_batch_size > 1:
+                # let requests that arrived with this one join before the first step
+                yield PAUSE
+            while (step := self._scheduler.next(sequence)) is not None:
+                token, logprobs = step
+                sampled = _sampled(mx, token, logprobs, params.top_logprobs)
+                if cached is not None:
+                    sampled = replace(sampled, cached_tokens=cached)
+                    cached = None
+                yield sampled
+                if should_stop():
+                    return
+        finally:
+            self._scheduler.close(sequence)
+
+
+def _penalties(mx: Any, params: GenerationParams) -> list[Any]:
+    """OpenAI's logit_bias and presence/frequency penalties as mlx logits processors.
+
+    OpenAI counts only sampled tokens for the penalties, so the prompt is skipped
+    (mlx-lm's own processors look at a window that includes the prompt). Processors
+    are called once per step; from the second call on, the last token they are given
+    is the one sampled at the step before (in `generate_step` and in batches alike,
+    whatever part of the prompt came from the prompt cache).
+    """
+    processors: list[Any] = []
+    if params.logit_bias:
+        ids = mx.array(list(params.logit_bias.keys()))
+        values = mx.array(list(params.logit_bias.values()), dtype=mx.float32)
+
+        def bias(_tokens: Any, logits: Any) -> Any:
+            logits[:, ids] = logits[:, ids] + values.astype(logits.dtype)
+            return logits
+
+        processors.append(bias)
+    if params.presence_penalty or params.frequency_penalty:
+        generated: list[int] = []
+        calls = 0
+
+        def penalize(tokens: Any, logits: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                generated.append(int(tokens[-1].item()))
+            if not generated:
+                return logits
+            ids = mx.array(generated)
+            counts = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[ids].add(1.0)
+            penalty = params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
+            return logits - penalty.astype(logits.dtype)
+
+        processors.append(penalize)
+    return processors
+
+
+def _sampled(mx: Any, token: int, logprobs: Any, top: int | None) -> Sampled:
+    """The token with its logprob and best alternatives, when the request asked."""
+    if top is None:
+        return Sampled(token)
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = mx.argpartition(-logprobs, kth=top - 1)[:top]
+        values = logprobs[ids].tolist()
+        best = tuple(sorted(zip(ids.tolist(), values, strict=True), key=lambda p: -p[1]))
+    return Sampled(token, float(logprobs[token].item()), best)
+
+
+def _masker(mx: Any, constraint: TokenConstraint) -> Any:
+    """A logits processor that keeps only the ids the constraint allows next.
+
+    From its second call on, the last token it is given was sampled at the step
+    before: the constraint consumes it first.
+    """
+    calls = 0
+
+    def mask(tokens: Any, logits: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            constraint.advance(int(tokens[-1].item()))
+        allowed = mx.array(constraint.allowed(logits.shape[-1]))
+        return mx.where(allowed, logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+    return mask
+
+
+def _context_length(model_path: Path) -> int:
+    import json
+
+    config = json.loads((model_path / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 2048)

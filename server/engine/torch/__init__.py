@@ -1,0 +1,1 @@
+"""The torch engine: transformers (+ PEFT adapters) on CUDA, MPS or the CPU."""
