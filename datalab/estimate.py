@@ -13,11 +13,12 @@ per layer at 16 bits) + logits + a fixed runtime overhead.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from chatfmt.hyper import auto_epochs
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 Backend = Literal["torch-cpu", "mlx-cpu", "mlx-metal", "torch-mps", "torch-cuda"]
@@ -127,13 +128,8 @@ def resolve_epochs(n_examples: int, n_epochs: int | Literal["auto"]) -> int:
     """OpenAI's ``auto``: 3, moved so examples x epochs lands in [100, 25,000] (1..25)."""
     if n_epochs != "auto":
         return n_epochs
-    if n_examples <= 0:
-        return 3
-    if n_examples * 3 < 100:
-        return min(25, math.ceil(100 / n_examples))
-    if n_examples * 3 > 25_000:
-        return max(1, 25_000 // n_examples)
-    return 3
+    # the trainer's own rule; an estimate of no data estimates no steps whatever the epochs
+    return auto_epochs(max(1, n_examples))
 
 
 class MemoryEstimate(BaseModel):

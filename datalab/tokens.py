@@ -14,8 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, Field
 
+from chatfmt.template import TemplateError, render
 from datalab.formats import ChatRecord
-from datalab.writers import render_chatml
+from datalab.writers import message_dicts, render_chatml
 
 ROUND_TO = 128
 
@@ -84,16 +85,11 @@ class TokenCounter:
     def render(self, record: ChatRecord) -> str:
         """The conversation as the model's chat template (or ChatML) writes it."""
         if self._use_template:
-            msgs = [
-                {k: v for k, v in m.to_json().items() if k != "weight"} for m in record.messages
-            ]
             try:
-                text = self.tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-                    msgs, tools=record.tools, tokenize=False
+                return render(
+                    self.tokenizer, message_dicts(record), record.tools, add_generation_prompt=False
                 )
-                if isinstance(text, str):
-                    return text
-            except Exception:
+            except TemplateError:
                 # A template that rejects these messages (e.g. no system role): fall back to
                 # ChatML for the whole run rather than failing the report.
                 self._use_template = False

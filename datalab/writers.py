@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from chatfmt.template import render_chatml as chatfmt_chatml
 from datalab.formats import ChatRecord
 
 ALPACA_PROMPT = (
@@ -51,16 +52,13 @@ def chat_line(record: ChatRecord) -> str:
 
 
 def render_chatml(record: ChatRecord) -> str:
-    """The conversation as one ChatML string (``<|im_start|>role\\n...<|im_end|>``)."""
-    parts = []
-    if record.tools:
-        parts.append(f"<|im_start|>system\n# Tools\n{json.dumps(record.tools)}<|im_end|>\n")
-    for m in record.messages:
-        body = m.content or ""
-        if m.tool_calls:
-            body += ("\n" if body else "") + json.dumps(m.tool_calls, ensure_ascii=False)
-        parts.append(f"<|im_start|>{m.role}\n{body}<|im_end|>\n")
-    return "".join(parts)
+    """The conversation as one ChatML string, tools and tool calls as pomar serves them."""
+    return chatfmt_chatml(message_dicts(record), record.tools)
+
+
+def message_dicts(record: ChatRecord) -> list[dict[str, Any]]:
+    """OpenAI-shaped message dicts, without our `weight` (no template reads it)."""
+    return [{k: v for k, v in m.to_json().items() if k != "weight"} for m in record.messages]
 
 
 def _single_turn(record: ChatRecord) -> tuple[str | None, str, str] | None:

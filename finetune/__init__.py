@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chatfmt.hyper import auto_epochs
 from finetune.callbacks import (
     CallbackList,
     CheckpointInfo,
@@ -24,7 +25,6 @@ from finetune.config import (
     LoRAConfig,
     TrainConfig,
     auto_batch_size,
-    auto_epochs,
     resolve_learning_rate,
     total_steps,
 )

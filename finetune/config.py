@@ -43,8 +43,6 @@ That path form is what mlx-lm's ``lora_parameters.keys`` expects, and PEFT match
 module-name suffix, so the same names drive both backends (Llama/Mistral/Qwen/SmolLM naming).
 """
 
-MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 100, 25_000
-DEFAULT_EPOCHS, MAX_EPOCHS = 3, 25
 MAX_AUTO_BATCH_SIZE = 4
 
 
@@ -135,22 +133,6 @@ def resolve_learning_rate(multiplier: float | None = None) -> float:
     if not multiplier > 0:
         raise ValueError("learning_rate_multiplier must be positive")
     return BASE_LEARNING_RATE * multiplier
-
-
-def auto_epochs(n_examples: int) -> int:
-    """OpenAI's ``n_epochs: "auto"``: 3, stretched or shrunk so that examples × epochs
-    stays within [100, 25 000] where an integer number of epochs in [1, 25] allows it.
-
-    >>> [auto_epochs(n) for n in (1, 10, 50, 5000, 20000)]
-    [25, 10, 3, 3, 1]
-    """
-    if n_examples < 1:
-        raise ValueError("n_examples must be positive")
-    if n_examples * DEFAULT_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n_examples))
-    if n_examples * DEFAULT_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(1, MAX_TARGET_EXAMPLES // n_examples)
-    return DEFAULT_EPOCHS
 
 
 def auto_batch_size(n_examples: int) -> int:

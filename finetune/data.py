@@ -5,9 +5,11 @@ The mask is ours, not mlx-lm's ``mask_prompt`` (which only masks everything befo
 end-of-turn token (``<|im_end|>`` for ChatML) so the model learns to stop; system, user and
 tool messages and ``weight: 0`` assistant turns are context only.
 
-Spans are found on the rendered text — by rendering the conversation up to each assistant
-message — and mapped to tokens through the fast tokenizer's character offsets, so the ids are
-exactly those of the whole conversation tokenized at once, as at inference.
+Conversations are rendered by `chatfmt`, as the server renders them (tool calls and tool
+results included). Spans are found on the rendered text — by rendering the conversation up
+to each assistant message — and mapped to tokens through the fast tokenizer's character
+offsets, so the ids are exactly those of the whole conversation tokenized at once, as at
+inference.
 """
 
 from __future__ import annotations
@@ -21,23 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from chatfmt.template import END_OF_TURN, render
 from finetune.config import steps_per_epoch
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
-    "{% if message.get('tool_calls') %}"
-    "{% for call in message['tool_calls'] %}"
-    "{{ '<tool_call>\n' + (call['function'] | tojson) + '\n</tool_call>' }}"
-    "{% endfor %}"
-    "{% endif %}"
-    "{{ '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-"""Used when the tokenizer has no chat template (the same ChatML the server falls back to)."""
-
-END_OF_TURN = "<|im_end|>"
 
 
 class TrainingDataError(ValueError):
@@ -100,15 +87,8 @@ def _render(
     tools: list[dict[str, Any]] | None,
     generation_prompt: bool,
 ) -> str:
-    template = getattr(tokenizer, "chat_template", None) or CHATML_TEMPLATE
-    text = tokenizer.apply_chat_template(
-        list(messages),
-        tools=tools,
-        chat_template=template,
-        tokenize=False,
-        add_generation_prompt=generation_prompt,
-    )
-    return str(text)
+    # the server's own rendering, so a model is trained on the prompts it is served with
+    return render(tokenizer, messages, tools, add_generation_prompt=generation_prompt)
 
 
 def _is_trained(message: dict[str, Any]) -> bool:

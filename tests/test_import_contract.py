@@ -93,3 +93,14 @@ def test_the_checker_catches_a_cycle(tmp_path: Path) -> None:
         (tmp_path / "server" / package).mkdir(parents=True)
         (tmp_path / "server" / package / "m.py").write_text(f"import server.{target}.m\n")
     assert package_cycles(tmp_path) == [("jobs", "models")]
+
+
+def test_the_conversation_format_imports_none_of_its_users() -> None:
+    users = {"server", "finetune", "datalab"}
+    for module in sorted((ROOT / "chatfmt").rglob("*.py")):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not {n.split(".")[0] for n in names} & users, module

@@ -1,9 +1,5 @@
-"""Prompt rendering through the model's own chat template, ChatML when it has none.
-
-Tools go through the template when it reads a `tools` variable (its own tool format);
-otherwise `server.engine.tools` describes them in a system block and rewrites calls and
-tool results into plain turns.
-"""
+"""Prompts for serving: the conversation format (`chatfmt`) over a model's tokenizer,
+its end-of-turn tokens and its own sampling defaults."""
 
 from __future__ import annotations
 
@@ -12,15 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server.engine.tools import render_messages, template_takes_tools
+from chatfmt.template import TemplateError, render, template_of
+from chatfmt.tools import template_takes_tools
 from server.errors import InvalidRequest
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 class ChatTemplate:
@@ -28,7 +18,7 @@ class ChatTemplate:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self.template: str = tokenizer.chat_template or CHATML_TEMPLATE
+        self.template: str = template_of(tokenizer)
         self.is_fallback = tokenizer.chat_template is None
         #: the template renders `tools` itself
         self.native_tools = template_takes_tools(self.template)
@@ -39,23 +29,17 @@ class ChatTemplate:
         """The prompt text, ending with the assistant's generation prompt.
 
         `messages` are OpenAI-shaped (assistant `tool_calls`, `tool` results); `tools` are
-        OpenAI function tools to offer, or None.
+        OpenAI function tools to offer, or None. Training renders the same way
+        (`chatfmt.template`).
         """
-        turns = render_messages(messages, tools, native=self.native_tools)
-        extra = {"tools": list(tools)} if tools and self.native_tools else {}
         try:
-            text = self._tokenizer.apply_chat_template(
-                turns,
-                chat_template=self.template,
-                tokenize=False,
-                add_generation_prompt=True,
-                **extra,
+            return render(
+                self._tokenizer, messages, tools, add_generation_prompt=True, template=self.template
             )
-        except Exception as exc:  # jinja raises on conversations a template refuses
+        except TemplateError as exc:
             raise InvalidRequest(
                 f"The model's chat template rejected the messages: {exc}", param="messages"
             ) from exc
-        return str(text)
 
     def encode(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None

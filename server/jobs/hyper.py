@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from chatfmt.hyper import auto_epochs
 from finetune.config import (
     LoRAConfig,
     TrainConfig,
     auto_batch_size,
-    auto_epochs,
     resolve_learning_rate,
     total_steps,
 )

@@ -9,6 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from chatfmt.tools import (
+    CLOSE_TAG,
+    OPEN_TAG,
+    ArgumentsDelta,
+    CallStart,
+    Event,
+    TextDelta,
+    ToolCallParser,
+    parse_message,
+)
 from server.engine.base import Engine
 from server.engine.constraints import (
     ConstraintFactory,
@@ -18,16 +28,6 @@ from server.engine.constraints import (
     compiler_for,
     json_schema_grammar,
     tool_call_grammar,
-)
-from server.engine.tools import (
-    CLOSE_TAG,
-    OPEN_TAG,
-    ArgumentsDelta,
-    CallStart,
-    Event,
-    TextDelta,
-    ToolCallParser,
-    parse_message,
 )
 from server.errors import InvalidRequest
 from server.protocol.chat import ChatCompletionRequest

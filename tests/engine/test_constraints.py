@@ -16,6 +16,7 @@ import pytest
 from pydantic import BaseModel
 from schemas import Add, GetWeather, Person
 
+from chatfmt.tools import CLOSE_TAG, OPEN_TAG, parse_message
 from server.engine.base import TokenConstraint
 from server.engine.constraints import (
     ConstraintFactory,
@@ -27,7 +28,6 @@ from server.engine.constraints import (
     strict_schema,
     tool_call_grammar,
 )
-from server.engine.tools import CLOSE_TAG, OPEN_TAG, parse_message
 from server.errors import InvalidRequest
 
 TOOLS = [

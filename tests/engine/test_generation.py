@@ -9,9 +9,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from chatfmt.template import CHATML_TEMPLATE
 from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.generation import StopMatcher, complete, stream_chunks
-from server.engine.templates import CHATML_TEMPLATE, ChatTemplate
+from server.engine.templates import ChatTemplate
 
 
 class ScriptedEngine(Engine):

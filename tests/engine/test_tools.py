@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.engine.templates import ChatTemplate
-from server.engine.tools import (
+from chatfmt.tools import (
     ParsedMessage,
     ToolCallParser,
     call_text,
@@ -19,6 +18,7 @@ from server.engine.tools import (
     render_messages,
     template_takes_tools,
 )
+from server.engine.templates import ChatTemplate
 
 NAMES = ["get_weather", "add"]
 WEATHER = '{"city": "Pa}ris \\"{[", "days": [1, {"a": 2}]}'

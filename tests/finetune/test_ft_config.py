@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from chatfmt.hyper import auto_epochs
 from finetune.config import (
     BASE_LEARNING_RATE,
     DEFAULT_TARGET_MODULES,
     LoRAConfig,
     TrainConfig,
     auto_batch_size,
-    auto_epochs,
     resolve_learning_rate,
     total_steps,
 )

@@ -139,7 +139,8 @@ def test_chatml_fallback_when_the_tokenizer_has_no_template(tokenizer: Any) -> N
     assert pieces[-1] == "It is sunny.<|im_end|>"
     assert pieces[0].startswith("<tool_call>") and '"name": "w"' in pieces[0]
     untrained = tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if not m])
-    assert "Weather?" in untrained and "tool\nsunny" in untrained
+    # the tool result goes back as the server sends it: a user turn in <tool_response> tags
+    assert "Weather?" in untrained and "user\n<tool_response>\nsunny\n</tool_response>" in untrained
 
 
 def test_read_records_names_the_bad_line(tmp_path: Path) -> None:
