@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from datalab.config import PipelineConfig
-from datalab.estimate import EstimateConfig, ModelSpec, load_model_spec
+from datalab.estimate import EstimateConfig, ModelShape, load_model_shape
 
 ResolveModel = Callable[[str], str]
 _EXPLICIT = {"goal", "estimate", "lora_targets"}
@@ -82,11 +82,11 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
 
 def _load_model(
     name: str, resolve_model: ResolveModel | None, err: Console
-) -> tuple[Any, ModelSpec | None]:
-    from datalab.tokens import load_tokenizer
+) -> tuple[Any, ModelShape | None]:
+    from chatfmt.tokenizer import load_tokenizer
 
     path = resolve_model(name) if resolve_model is not None else name
-    spec = load_model_spec(Path(path)) if Path(path).is_dir() else None
+    spec = load_model_shape(Path(path)) if Path(path).is_dir() else None
     try:
         return load_tokenizer(path), spec
     except Exception as e:  # offline hub id, broken folder: report without token figures

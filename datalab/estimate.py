@@ -60,7 +60,7 @@ class EstimateConfig(BaseModel):
     gradient_checkpointing: bool = False
 
 
-class ModelSpec(BaseModel):
+class ModelShape(BaseModel):
     """The shape of a decoder-only transformer, enough to size its training."""
 
     model_config = ConfigDict(frozen=True)
@@ -75,7 +75,7 @@ class ModelSpec(BaseModel):
     context_length: int | None = None
 
     @classmethod
-    def from_hf_config(cls, cfg: dict[str, Any]) -> ModelSpec:
+    def from_hf_config(cls, cfg: dict[str, Any]) -> ModelShape:
         """Read a Hugging Face ``config.json`` (Llama-style names, GPT-2 names as fallback)."""
         h = int(cfg.get("hidden_size") or cfg["n_embd"])
         layers = int(cfg.get("num_hidden_layers") or cfg["n_layer"])
@@ -115,11 +115,11 @@ class ModelSpec(BaseModel):
         return shapes.get(name, (h, h))
 
 
-def load_model_spec(folder: Path) -> ModelSpec | None:
+def load_model_shape(folder: Path) -> ModelShape | None:
     """The spec of a local model folder, or None when it has no readable ``config.json``."""
     try:
         cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        return ModelSpec.from_hf_config(cfg)
+        return ModelShape.from_hf_config(cfg)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -161,14 +161,14 @@ class Estimate(BaseModel):
     message: str
 
 
-def lora_param_count(spec: ModelSpec, cfg: EstimateConfig) -> int:
+def lora_param_count(spec: ModelShape, cfg: EstimateConfig) -> int:
     """Trainable LoRA parameters: rank x (in + out) per adapted matrix and layer."""
     layers = min(cfg.lora_layers or spec.n_layers, spec.n_layers)
     per_layer = sum(sum(spec.module_shape(t)) for t in cfg.lora_targets)
     return layers * cfg.lora_rank * per_layer
 
 
-def estimate_memory(spec: ModelSpec, cfg: EstimateConfig, seq_len: int) -> MemoryEstimate:
+def estimate_memory(spec: ModelShape, cfg: EstimateConfig, seq_len: int) -> MemoryEstimate:
     """Peak memory of LoRA training at ``seq_len`` tokens per sequence."""
     weights = spec.n_params * BYTES_PER_WEIGHT[cfg.precision]
     lora = lora_param_count(spec, cfg) * 16
@@ -207,7 +207,7 @@ def estimate_training(
     n_examples: int,
     tokens_per_epoch: int,
     cfg: EstimateConfig,
-    spec: ModelSpec | None = None,
+    spec: ModelShape | None = None,
     seq_len: int = 512,
     tokens_estimated: bool = False,
 ) -> Estimate:

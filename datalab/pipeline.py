@@ -23,7 +23,7 @@ from datalab.balance import BalanceSection, balance
 from datalab.config import PipelineConfig
 from datalab.dedupe import MinHasher, NearDuplicateIndex
 from datalab.diversity import DiversityStats
-from datalab.estimate import Estimate, ModelSpec, estimate_training
+from datalab.estimate import Estimate, ModelShape, estimate_training
 from datalab.guidance import SizeGuidance, size_guidance
 from datalab.pii import PiiSection, PiiTally
 from datalab.problems import Code, ProblemLog
@@ -51,7 +51,7 @@ def prepare(
     tokenizer: TokenizerLike | None = None,
     *,
     valid_src: Path | None = None,
-    model_spec: ModelSpec | None = None,
+    model_spec: ModelShape | None = None,
 ) -> Report:
     """Analyse ``src`` and write ``train.jsonl``, ``valid.jsonl`` and ``report.json``.
 
@@ -71,7 +71,7 @@ def check(
     tokenizer: TokenizerLike | None = None,
     *,
     valid_src: Path | None = None,
-    model_spec: ModelSpec | None = None,
+    model_spec: ModelShape | None = None,
 ) -> Report:
     """The same analysis as :func:`prepare`, writing nothing."""
     return _run(Path(src), None, config or PipelineConfig(), tokenizer, valid_src, model_spec)
@@ -121,7 +121,7 @@ def _run(
     config: PipelineConfig,
     tokenizer: TokenizerLike | None,
     valid_src: Path | None,
-    spec: ModelSpec | None,
+    spec: ModelShape | None,
 ) -> Report:
     t0 = time.perf_counter()
     log = ProblemLog(config.max_problems)
@@ -205,7 +205,7 @@ def _write_sets(out_dir: Path, scan: FileScan, vscan: FileScan | None, assign: n
 
 def _estimate(
     config: PipelineConfig,
-    spec: ModelSpec | None,
+    spec: ModelShape | None,
     scan: FileScan,
     counter: TokenCounter | None,
     tokens: TokenSection | None,

@@ -2,7 +2,7 @@
 
 Any object with ``encode(text) -> list[int]`` works (:class:`TokenizerLike`); a Hugging Face
 tokenizer with a chat template renders conversations exactly as training will, otherwise
-they are rendered as ChatML. transformers is imported only inside :func:`load_tokenizer`.
+they are rendered as ChatML. transformers is imported only by `chatfmt.tokenizer.load_tokenizer`.
 """
 
 from __future__ import annotations
@@ -28,14 +28,6 @@ class TokenizerLike(Protocol):
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``."""
         ...
-
-
-def load_tokenizer(path_or_id: str) -> TokenizerLike:
-    """Load a tokenizer from a local folder (works offline) or a Hugging Face model id."""
-    from transformers import AutoTokenizer  # heavy: imported only when a model is asked for
-
-    tok: TokenizerLike = AutoTokenizer.from_pretrained(path_or_id)
-    return tok
 
 
 def model_context(tokenizer: Any) -> int | None:

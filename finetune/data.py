@@ -54,13 +54,6 @@ class Batch:
     n_tokens: int  # real (non-padding) tokens in the batch
 
 
-def load_tokenizer(model_path: Path) -> Any:
-    """The model's own Hugging Face tokenizer (transformers is imported here, lazily)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(model_path))
-
-
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a chat JSONL file (blank lines skipped), each with ``messages``."""
     records: list[dict[str, Any]] = []

@@ -18,17 +18,9 @@ from finetune.adapters import PEFT_WEIGHTS
 from finetune.backend import StepOutput
 from finetune.config import TrainConfig
 from finetune.data import Batch
+from finetune.devices import pick_device
 
 OPTIMIZER_FILE = "optimizer.pt"
-
-
-def pick_device() -> str:
-    """cuda, then mps, then cpu."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 class TorchLoRABackend:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatfmt.tokenizer import load_tokenizer
 from finetune.backend import LoRABackend, StepOutput, open_backend
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from finetune.config import TrainConfig
@@ -30,7 +31,6 @@ from finetune.data import (
     batch_plan,
     collate,
     load_examples,
-    load_tokenizer,
     pad_token_id,
 )
 

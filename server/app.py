@@ -144,14 +144,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
     return Starlette(
         routes=[
+            # this order is also the order of /openapi.json's paths and tags
             *health.routes,
+            *openapi.routes,
             *models.routes,
             *chat.routes,
             *completions.routes,
+            *embeddings.routes,
             *files.routes,
             *fine_tuning.routes,
-            *embeddings.routes,
-            *openapi.routes,
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -1,162 +1,37 @@
-"""pomar's OpenAPI 3.1 document (`GET /openapi.json`), built from the protocol models.
+"""pomar's OpenAPI 3.1 document (`GET /openapi.json`), built from the app's own routes.
 
-`OPERATIONS` is every route with the models it takes and returns. Deliberate differences
-from OpenAI's API are said in `description`s and listed under `x-pomar-extensions`.
+Each route declares its documentation where it is declared (`server.routes.spec.api_route`);
+`build_openapi` walks the route table, so there is no second list of routes to keep in step.
+Deliberate differences from OpenAI's API are said in `description`s and listed under
+`x-pomar-extensions`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.routing import BaseRoute
 
-from server.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
-from server.protocol.common import ErrorResponse, Health
-from server.protocol.completions import Completion, CompletionRequest
-from server.protocol.embeddings import EmbeddingList, EmbeddingRequest
-from server.protocol.files import FileDeleted, FileList, FileObject, FileUploadForm, ListFilesQuery
-from server.protocol.fine_tuning import (
-    CheckpointList,
-    CheckpointPageQuery,
-    EventList,
-    FineTuningJob,
-    JobCreateRequest,
-    JobList,
-    JobPageQuery,
-)
-from server.protocol.models import ModelCard, ModelDeleted, ModelList
+from server.protocol.common import ErrorResponse
+from server.routes.spec import ApiRoute, Operation
 
 REF = "#/components/schemas/{model}"
 SECURITY_SCHEME = "bearerAuth"
 Refs = dict[Any, dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class Operation:
-    """One route. `stream`: the SSE chunk model; `binary`: answers raw bytes; `public`: no key."""
+def documented_routes(routes: Iterable[BaseRoute]) -> list[ApiRoute]:
+    """The routes that carry an `Operation`, in the order of the route table.
 
-    method: Literal["get", "post", "delete"]
-    path: str
-    operation_id: str
-    summary: str
-    tag: str
-    response: type[BaseModel] | None = None
-    request: type[BaseModel] | None = None
-    stream: type[BaseModel] | None = None
-    query: type[BaseModel] | None = None
-    path_params: tuple[dict[str, Any], ...] = ()
-    #: `multipart/form-data` body: these form fields plus a `file` part
-    multipart: type[BaseModel] | None = None
-    binary: bool = False
-    public: bool = False
-    description: str = ""
+    Any other route (a plain Starlette `Route`) is left out of the document; the
+    conformance tests check that the app has none.
+    """
+    return [route for route in routes if isinstance(route, ApiRoute)]
 
-
-def _path(name: str, about: str) -> tuple[dict[str, Any]]:
-    param = {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-    return ({**param, "description": about},)
-
-
-_MODEL = _path("model_id", "A model id; ids of local folders may hold '/'.")
-_FILE = _path("file_id", "A file id (`file-...`).")
-_JOB = _path("job_id", "A fine-tuning job id (`ftjob-...`).")
-
-OPERATIONS: tuple[Operation, ...] = (
-    Operation(
-        "get", "/health", "health", "The default model is loaded", "pomar",
-        response=Health, public=True,
-        description="A pomar endpoint (not in OpenAI's API): 200 once the default model "
-        "is loaded; the models in memory now.",
-    ),
-    Operation(
-        "get", "/openapi.json", "openapi", "This document", "pomar", public=True,
-        description="A pomar endpoint (not in OpenAI's API): this OpenAPI document.",
-    ),
-    Operation("get", "/v1/models", "listModels", "List models", "Models", response=ModelList),
-    Operation(
-        "get", "/v1/models/{model_id}", "retrieveModel", "Retrieve a model", "Models",
-        response=ModelCard, path_params=_MODEL,
-    ),
-    Operation(
-        "delete", "/v1/models/{model_id}", "deleteModel", "Delete a fine-tuned model", "Models",
-        response=ModelDeleted, path_params=_MODEL,
-        description="Only fine-tuned (and checkpoint) models can be deleted; a base model "
-        "answers 400 `model_not_deletable`.",
-    ),
-    Operation(
-        "post", "/v1/chat/completions", "createChatCompletion", "Create a chat completion",
-        "Chat", request=ChatCompletionRequest, response=ChatCompletion,
-        stream=ChatCompletionChunk,
-        description="Known OpenAI parameters pomar does not implement (audio, prediction, "
-        "web_search_options, functions, ...) are refused with 400 `unsupported_parameter` "
-        "unless they carry their 'off' value, never silently dropped.",
-    ),
-    Operation(
-        "post", "/v1/completions", "createCompletion", "Create a completion (legacy)",
-        "Completions", request=CompletionRequest, response=Completion, stream=Completion,
-        description="`logprobs` goes up to 20 (OpenAI's legacy endpoint stops at 5).",
-    ),
-    Operation(
-        "post", "/v1/embeddings", "createEmbedding", "Create embeddings", "Embeddings",
-        request=EmbeddingRequest, response=EmbeddingList,
-        description="Served by the embedding model named at start (`--embedding-model`); "
-        "404 when the server runs without one.",
-    ),
-    Operation(
-        "post", "/v1/files", "createFile", "Upload a file", "Files",
-        multipart=FileUploadForm, response=FileObject,
-        description="`expires_after` is refused: pomar keeps files until they are deleted.",
-    ),
-    Operation(
-        "get", "/v1/files", "listFiles", "List files", "Files",
-        query=ListFilesQuery, response=FileList,
-    ),
-    Operation(
-        "get", "/v1/files/{file_id}", "retrieveFile", "Retrieve a file", "Files",
-        response=FileObject, path_params=_FILE,
-    ),
-    Operation(
-        "delete", "/v1/files/{file_id}", "deleteFile", "Delete a file", "Files",
-        response=FileDeleted, path_params=_FILE,
-    ),
-    Operation(
-        "get", "/v1/files/{file_id}/content", "downloadFile", "A file's content", "Files",
-        binary=True, path_params=_FILE,
-        description="The stored bytes as `application/octet-stream` (OpenAI documents a "
-        "JSON string).",
-    ),
-    Operation(
-        "post", "/v1/fine_tuning/jobs", "createFineTuningJob", "Create a fine-tuning job",
-        "Fine-tuning", request=JobCreateRequest, response=FineTuningJob,
-        description="A LoRA fine-tune run on this machine. Only the `supervised` method; "
-        "hyperparameters take pomar's LoRA extensions (lora_rank, lora_alpha, lora_layers, "
-        "max_length); `integrations` are refused (pomar runs offline).",
-    ),
-    Operation(
-        "get", "/v1/fine_tuning/jobs", "listPaginatedFineTuningJobs", "List jobs",
-        "Fine-tuning", query=JobPageQuery, response=JobList,
-    ),
-    Operation(
-        "get", "/v1/fine_tuning/jobs/{job_id}", "retrieveFineTuningJob", "Retrieve a job",
-        "Fine-tuning", response=FineTuningJob, path_params=_JOB,
-    ),
-    Operation(
-        "post", "/v1/fine_tuning/jobs/{job_id}/cancel", "cancelFineTuningJob", "Cancel a job",
-        "Fine-tuning", response=FineTuningJob, path_params=_JOB,
-    ),
-    Operation(
-        "get", "/v1/fine_tuning/jobs/{job_id}/events", "listFineTuningEvents", "A job's events",
-        "Fine-tuning", query=JobPageQuery, response=EventList, path_params=_JOB,
-    ),
-    Operation(
-        "get", "/v1/fine_tuning/jobs/{job_id}/checkpoints", "listFineTuningJobCheckpoints",
-        "A job's checkpoints", "Fine-tuning", query=CheckpointPageQuery,
-        response=CheckpointList, path_params=_JOB,
-    ),
-)  # fmt: skip
 
 #: where pomar's wire format deliberately differs from OpenAI's
 EXTENSIONS: tuple[dict[str, str], ...] = (
@@ -183,9 +58,9 @@ _ERROR_STATUSES = {
 }  # fmt: skip
 
 
-def _schemas() -> tuple[Refs, dict[str, Any]]:
+def _schemas(operations: list[Operation]) -> tuple[Refs, dict[str, Any]]:
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
-    for op in OPERATIONS:
+    for op in operations:
         models += [(m, "validation") for m in (op.request, op.multipart, op.query) if m]
         models += [(m, "serialization") for m in (op.response, op.stream) if m]
     refs, top = models_json_schema(list(dict.fromkeys(models)), ref_template=REF)
@@ -218,6 +93,16 @@ _ERROR = {"$ref": REF.format(model="ErrorResponse")}
 _BINARY = {"type": "string", "format": "binary"}
 
 
+def _path_param(name: str, about: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": about,
+    }
+
+
 def _sse(chunk: dict[str, Any]) -> dict[str, Any]:
     """A parsed event: its `data` is a JSON chunk (or an error envelope), or `[DONE]`."""
     payload = {"contentMediaType": "application/json", "contentSchema": {"anyOf": [chunk, _ERROR]}}
@@ -236,7 +121,7 @@ def _operation(op: Operation, refs: Refs, defs: dict[str, Any]) -> dict[str, Any
     out: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
     if op.description:
         out["description"] = op.description
-    params = list(op.path_params)
+    params = [_path_param(name, about) for name, about in op.path_params.items()]
     if op.query is not None:
         params += _query_parameters(op.query, defs)
     if params:
@@ -267,12 +152,18 @@ def _operation(op: Operation, refs: Refs, defs: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def build_openapi() -> dict[str, Any]:
-    """The whole document (OpenAPI 3.1), for `GET /openapi.json`."""
-    refs, defs = _schemas()
+def build_openapi(routes: Iterable[BaseRoute]) -> dict[str, Any]:
+    """The whole document (OpenAPI 3.1) for `GET /openapi.json`, built from `routes`.
+
+    `routes` is the app's route table: one operation per `ApiRoute`, in the table's order.
+    """
+    documented = documented_routes(routes)
+    operations = [route.operation for route in documented]
+    refs, defs = _schemas(operations)
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
-        paths.setdefault(op.path, {})[op.method] = _operation(op, refs, defs)
+    for route in documented:
+        operation = _operation(route.operation, refs, defs)
+        paths.setdefault(route.path_format, {})[route.method.lower()] = operation
     try:
         release = version("pomar")
     except PackageNotFoundError:  # a source checkout that is not installed
@@ -286,7 +177,7 @@ def build_openapi() -> dict[str, Any]:
         "info": {"title": "pomar", "version": release, "description": about},
         "servers": [{"url": "/"}],
         "security": [{SECURITY_SCHEME: []}],
-        "tags": [{"name": tag} for tag in dict.fromkeys(op.tag for op in OPERATIONS)],
+        "tags": [{"name": tag} for tag in dict.fromkeys(op.tag for op in operations)],
         "paths": paths,
         "components": {
             "schemas": defs,

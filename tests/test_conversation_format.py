@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from chatfmt.template import TemplateError, render, render_chatml
+from chatfmt.tokenizer import load_tokenizer
 from datalab.record import ChatRecord
 from datalab.tokens import TokenCounter
 from datalab.writers import render_chatml as datalab_chatml
-from finetune.data import load_tokenizer, tokenize_example
+from finetune.data import tokenize_example
 from server.engine.templates import ChatTemplate
 
 TOOLS = [

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from finetune.devices import pick_device
 from server.engine.worker import GenerationWorker
 from server.errors import EngineError, ModelLoadError
 
@@ -73,23 +74,13 @@ def resolve_embedding_model(setting: str) -> tuple[str, Path] | None:
     return value, folder.resolve()
 
 
-def _device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 class EmbeddingEngine:
     """A loaded sentence-transformers model. Use it only from its worker thread."""
 
     def __init__(self, path: Path) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.device = _device()
+        self.device = pick_device()
         self._model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         # get_embedding_dimension is sentence-transformers 6's name for the older one
         model: Any = self._model

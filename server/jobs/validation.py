@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from chatfmt.tokenizer import load_tokenizer
 from datalab.config import PipelineConfig
 from datalab.pipeline import prepare
 from datalab.report import Report
-from datalab.tokens import load_tokenizer
 from server.jobs.errors import JobFailed
 from server.store import Store
 from server.store.jobs import JobRecord

@@ -219,7 +219,7 @@ class EngineCheckError(ModelLoadError):
 
 def _child(engine: str, model_path: Path) -> None:
     """Load the model as the server would and decode a few greedy tokens."""
-    from server.engine.base import GenerationParams
+    from server.engine.base import PAUSE, GenerationParams
     from server.models.loading import load_engine
 
     loaded = load_engine(engine, model_path)
@@ -228,7 +228,7 @@ def _child(engine: str, model_path: Path) -> None:
     stream = loaded.token_stream(ids, params, lambda: False)
     tokens = 0
     for item in stream:
-        if hasattr(item, "token"):
+        if item is not PAUSE:  # a batching engine's "let the others start": no token
             tokens += 1
         if tokens >= DECODE_TOKENS:
             break

@@ -8,15 +8,17 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
 
 from server.errors import InvalidRequest, PomarError
-from server.protocol.files import ListFilesQuery
+from server.protocol.files import FileDeleted, FileList, FileObject, FileUploadForm, ListFilesQuery
 from server.routes.common import json_response
+from server.routes.spec import api_route
 from server.services.files import MAX_FIELD_BYTES, MAX_FIELDS, FileService, Upload
 
 #: the longest multipart boundary RFC 2046 allows
 MAX_BOUNDARY = 70
+
+_FILE_ID = {"file_id": "A file id (`file-...`)."}
 
 
 def _service(request: Request) -> FileService:
@@ -204,9 +206,32 @@ def _content_length(request: Request) -> int | None:
 
 
 routes = [
-    Route("/v1/files", create_file, methods=["POST"]),
-    Route("/v1/files", list_files, methods=["GET"]),
-    Route("/v1/files/{file_id}", get_file, methods=["GET"]),
-    Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
-    Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
-]
+    api_route(
+        "/v1/files", create_file, "POST",
+        operation_id="createFile", summary="Upload a file", tag="Files",
+        multipart=FileUploadForm, response=FileObject,
+        description="`expires_after` is refused: pomar keeps files until they are deleted.",
+    ),
+    api_route(
+        "/v1/files", list_files, "GET",
+        operation_id="listFiles", summary="List files", tag="Files",
+        query=ListFilesQuery, response=FileList,
+    ),
+    api_route(
+        "/v1/files/{file_id}", get_file, "GET",
+        operation_id="retrieveFile", summary="Retrieve a file", tag="Files",
+        response=FileObject, path_params=_FILE_ID,
+    ),
+    api_route(
+        "/v1/files/{file_id}", delete_file, "DELETE",
+        operation_id="deleteFile", summary="Delete a file", tag="Files",
+        response=FileDeleted, path_params=_FILE_ID,
+    ),
+    api_route(
+        "/v1/files/{file_id}/content", file_content, "GET",
+        operation_id="downloadFile", summary="A file's content", tag="Files",
+        binary=True, path_params=_FILE_ID,
+        description="The stored bytes as `application/octet-stream` (OpenAI documents a "
+        "JSON string).",
+    ),
+]  # fmt: skip

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from server.protocol.fine_tuning import CheckpointPageQuery, JobCreateRequest, JobPageQuery
+from server.protocol.fine_tuning import (
+    CheckpointList,
+    CheckpointPageQuery,
+    EventList,
+    FineTuningJob,
+    JobCreateRequest,
+    JobList,
+    JobPageQuery,
+)
 from server.routes.common import json_body, json_response
+from server.routes.spec import api_route
 from server.services.fine_tuning import FineTuningService
+
+_JOB_ID = {"job_id": "A fine-tuning job id (`ftjob-...`)."}
 
 
 def _service(request: Request) -> FineTuningService:
@@ -50,10 +60,38 @@ async def list_checkpoints(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/fine_tuning/jobs", create_job, methods=["POST"]),
-    Route("/v1/fine_tuning/jobs", list_jobs, methods=["GET"]),
-    Route("/v1/fine_tuning/jobs/{job_id}", get_job, methods=["GET"]),
-    Route("/v1/fine_tuning/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
-    Route("/v1/fine_tuning/jobs/{job_id}/events", list_events, methods=["GET"]),
-    Route("/v1/fine_tuning/jobs/{job_id}/checkpoints", list_checkpoints, methods=["GET"]),
-]
+    api_route(
+        "/v1/fine_tuning/jobs", create_job, "POST",
+        operation_id="createFineTuningJob", summary="Create a fine-tuning job",
+        tag="Fine-tuning", request=JobCreateRequest, response=FineTuningJob,
+        description="A LoRA fine-tune run on this machine. Only the `supervised` method; "
+        "hyperparameters take pomar's LoRA extensions (lora_rank, lora_alpha, lora_layers, "
+        "max_length); `integrations` are refused (pomar runs offline).",
+    ),
+    api_route(
+        "/v1/fine_tuning/jobs", list_jobs, "GET",
+        operation_id="listPaginatedFineTuningJobs", summary="List jobs", tag="Fine-tuning",
+        query=JobPageQuery, response=JobList,
+    ),
+    api_route(
+        "/v1/fine_tuning/jobs/{job_id}", get_job, "GET",
+        operation_id="retrieveFineTuningJob", summary="Retrieve a job", tag="Fine-tuning",
+        response=FineTuningJob, path_params=_JOB_ID,
+    ),
+    api_route(
+        "/v1/fine_tuning/jobs/{job_id}/cancel", cancel_job, "POST",
+        operation_id="cancelFineTuningJob", summary="Cancel a job", tag="Fine-tuning",
+        response=FineTuningJob, path_params=_JOB_ID,
+    ),
+    api_route(
+        "/v1/fine_tuning/jobs/{job_id}/events", list_events, "GET",
+        operation_id="listFineTuningEvents", summary="A job's events", tag="Fine-tuning",
+        query=JobPageQuery, response=EventList, path_params=_JOB_ID,
+    ),
+    api_route(
+        "/v1/fine_tuning/jobs/{job_id}/checkpoints", list_checkpoints, "GET",
+        operation_id="listFineTuningJobCheckpoints", summary="A job's checkpoints",
+        tag="Fine-tuning", query=CheckpointPageQuery, response=CheckpointList,
+        path_params=_JOB_ID,
+    ),
+]  # fmt: skip

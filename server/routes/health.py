@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from server.protocol.common import Health
 from server.routes.common import ok
+from server.routes.spec import api_route
 
 
 async def health(request: Request) -> Response:
@@ -16,4 +17,12 @@ async def health(request: Request) -> Response:
     return ok({"status": "ok", "model": default.id, "backend": default.backend, "loaded": loaded})
 
 
-routes = [Route("/health", health, methods=["GET"])]
+routes = [
+    api_route(
+        "/health", health, "GET",
+        operation_id="health", summary="The default model is loaded", tag="pomar",
+        response=Health, public=True,
+        description="A pomar endpoint (not in OpenAI's API): 200 once the default model "
+        "is loaded; the models in memory now.",
+    ),
+]  # fmt: skip

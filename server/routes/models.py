@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from server.protocol.models import ModelCard, ModelDeleted, ModelList
 from server.routes.common import json_response
+from server.routes.spec import api_route
+
+_MODEL_ID = {"model_id": "A model id; ids of local folders may hold '/'."}
 
 
 async def list_models(request: Request) -> Response:
@@ -24,7 +27,20 @@ async def delete_model(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
-    Route("/v1/models/{model_id:path}", delete_model, methods=["DELETE"]),
-]
+    api_route(
+        "/v1/models", list_models, "GET",
+        operation_id="listModels", summary="List models", tag="Models", response=ModelList,
+    ),
+    api_route(
+        "/v1/models/{model_id:path}", get_model, "GET",
+        operation_id="retrieveModel", summary="Retrieve a model", tag="Models",
+        response=ModelCard, path_params=_MODEL_ID,
+    ),
+    api_route(
+        "/v1/models/{model_id:path}", delete_model, "DELETE",
+        operation_id="deleteModel", summary="Delete a fine-tuned model", tag="Models",
+        response=ModelDeleted, path_params=_MODEL_ID,
+        description="Only fine-tuned (and checkpoint) models can be deleted; a base model "
+        "answers 400 `model_not_deletable`.",
+    ),
+]  # fmt: skip

@@ -7,16 +7,25 @@ checks: no 5xx (`not_a_server_error`) and every documented answer matches its sc
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
 import httpx
+import pytest
 import schemathesis
 from conformance_helpers import AUTH, CHECKS, FUZZ, clamp_generation, configure
 from live_server import LiveServer
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
+from server.app import create_app
 from server.openapi import build_openapi
+from server.routes.spec import ApiRoute, api_route
+from server.settings import Settings
 
-schema = configure(schemathesis.openapi.from_dict(build_openapi()))
+#: the app's route table: the document is built from it, as `GET /openapi.json` builds it
+ROUTES = create_app(Settings(api_key="x")).routes
+schema = configure(schemathesis.openapi.from_dict(build_openapi(ROUTES)))
 
 
 @schema.parametrize()
@@ -32,12 +41,12 @@ def test_served_document(conformance_server: LiveServer) -> None:
     """`/openapi.json` answers without the key, and is the document fuzzed above."""
     response = httpx.get(f"{conformance_server.base_url}/openapi.json")
     assert response.status_code == 200
-    assert response.json() == build_openapi()
+    assert response.json() == build_openapi(ROUTES)
 
 
 def test_document_is_valid_openapi() -> None:
     """The document loads as OpenAPI 3.1 and validates against its meta-schema."""
-    document = build_openapi()
+    document = build_openapi(ROUTES)
     assert document["openapi"].startswith("3.1")
     schema = schemathesis.openapi.from_dict(document)
     schema.validate()  # against the OpenAPI 3.1 meta-schema
@@ -49,19 +58,61 @@ def test_document_is_valid_openapi() -> None:
     assert loaded is not None
 
 
-def test_document_lists_every_route() -> None:
-    """Every route the app serves is documented, and nothing else."""
-    from server.app import create_app
-    from server.settings import Settings
-
-    app = create_app(Settings(api_key="x"))
-    served = set()
-    for route in app.routes:
-        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # type: ignore[attr-defined]
-        for method in route.methods or ():  # type: ignore[attr-defined]
+def served(routes: list[BaseRoute]) -> set[tuple[str, str]]:
+    """(method, path) of every route, HEAD aside, path parameters without their convertor."""
+    out = set()
+    for route in routes:
+        assert isinstance(route, Route), f"unexpected route type {route!r}"
+        for method in route.methods or ():
             if method != "HEAD":
-                served.add((method.lower(), path))
-    documented = {
-        (method, path) for path, item in build_openapi()["paths"].items() for method in item
-    }
-    assert served == documented
+                out.add((method.lower(), route.path_format))
+    return out
+
+
+def documented(document: dict[str, Any]) -> set[tuple[str, str]]:
+    """(method, path) of every operation in `document`."""
+    return {(method, path) for path, item in document["paths"].items() for method in item}
+
+
+def test_document_lists_every_route() -> None:
+    """Every route the app serves is documented, /health and /openapi.json included, and
+    every documented operation is a real route."""
+    assert served(ROUTES) == documented(build_openapi(ROUTES))
+    assert ("get", "/health") in served(ROUTES)
+    assert ("get", "/openapi.json") in served(ROUTES)
+
+
+def test_every_route_carries_its_operation() -> None:
+    """Each route is declared with `api_route`, its documentation beside it."""
+    plain = [route for route in ROUTES if not isinstance(route, ApiRoute)]
+    assert plain == []
+    ids = [route.operation.operation_id for route in ROUTES if isinstance(route, ApiRoute)]
+    assert len(ids) == len(set(ids)), "operation ids must be unique"
+
+
+def test_public_operations_are_the_ones_outside_v1() -> None:
+    """`security: []` (no key) exactly where the API-key middleware lets requests through."""
+    for path, item in build_openapi(ROUTES)["paths"].items():
+        for operation in item.values():
+            assert ("security" in operation) == (not path.startswith("/v1")), path
+
+
+async def _endpoint(_request: Request) -> Response:
+    return Response()
+
+
+def test_a_route_without_its_operation_is_caught() -> None:
+    """A plain `Route` is left out of the document, so the check above fails on it."""
+    routes = [*ROUTES, Route("/v1/undocumented", _endpoint, methods=["GET"])]
+    assert served(routes) - documented(build_openapi(routes)) == {("get", "/v1/undocumented")}
+
+
+def test_path_params_must_match_the_path() -> None:
+    """A path parameter left undocumented (or documented but absent) fails at declaration."""
+    with pytest.raises(ValueError, match="job_id"):
+        api_route("/v1/x/{job_id}", _endpoint, "GET", operation_id="x", summary="x", tag="x")
+    with pytest.raises(ValueError, match="file_id"):
+        api_route(
+            "/v1/x", _endpoint, "GET", operation_id="x", summary="x", tag="x",
+            path_params={"file_id": "A file id."},
+        )  # fmt: skip

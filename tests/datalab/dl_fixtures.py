@@ -78,6 +78,6 @@ def dl_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def dl_tokenizer(dl_tokenizer_dir: Path) -> Any:
     """The tokenizer above, loaded through datalab's own loader."""
-    from datalab.tokens import load_tokenizer
+    from chatfmt.tokenizer import load_tokenizer
 
     return load_tokenizer(str(dl_tokenizer_dir))

@@ -10,10 +10,10 @@ import pytest
 
 from datalab.estimate import (
     EstimateConfig,
-    ModelSpec,
+    ModelShape,
     estimate_memory,
     estimate_training,
-    load_model_spec,
+    load_model_shape,
     lora_param_count,
     resolve_epochs,
 )
@@ -93,11 +93,11 @@ SMOLLM2_135M = {
 
 
 def test_model_spec_counts_smollm2_parameters(tmp_path: Path) -> None:
-    spec = ModelSpec.from_hf_config(SMOLLM2_135M)
+    spec = ModelShape.from_hf_config(SMOLLM2_135M)
     assert spec.n_params == pytest.approx(134_515_008, rel=1e-3)
     (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_135M))
-    assert load_model_spec(tmp_path) == spec
-    assert load_model_spec(tmp_path / "missing") is None
+    assert load_model_shape(tmp_path) == spec
+    assert load_model_shape(tmp_path / "missing") is None
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_auto_epochs_follow_openai(n: int, epochs: int) -> None:
 
 
 def test_memory_scales_with_bytes_per_weight_and_budget() -> None:
-    spec = ModelSpec.from_hf_config(SMOLLM2_135M)
+    spec = ModelShape.from_hf_config(SMOLLM2_135M)
     mem = {
         p: estimate_memory(spec, EstimateConfig(precision=p), 512)
         for p in ("fp32", "bf16", "int8", "int4")
@@ -126,14 +126,14 @@ def test_memory_scales_with_bytes_per_weight_and_budget() -> None:
 
 
 def test_time_uses_measured_throughput_when_given() -> None:
-    spec = ModelSpec.from_hf_config(SMOLLM2_135M)
+    spec = ModelShape.from_hf_config(SMOLLM2_135M)
     default = estimate_training(100, 10_000, EstimateConfig(n_epochs=2), spec)
     assert default.total_tokens == 20_000 and default.throughput_source.startswith("default")
     measured = estimate_training(
         100, 10_000, EstimateConfig(n_epochs=2, throughput_tokens_per_s=200), spec
     )
     assert measured.seconds == 100.0 and measured.throughput_source == "measured"
-    bigger = ModelSpec.from_hf_config({**SMOLLM2_135M, "num_hidden_layers": 60})
+    bigger = ModelShape.from_hf_config({**SMOLLM2_135M, "num_hidden_layers": 60})
     slower = estimate_training(100, 10_000, EstimateConfig(n_epochs=2), bigger)
     assert slower.seconds > default.seconds
     assert estimate_training(100, 10_000, EstimateConfig(), None).memory is None

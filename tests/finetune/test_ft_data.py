@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from chatfmt.tokenizer import load_tokenizer
 from finetune.data import (
     Example,
     TrainingDataError,
     batch_plan,
     collate,
     load_examples,
-    load_tokenizer,
     read_records,
     tokenize_example,
 )

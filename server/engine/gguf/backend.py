@@ -2,11 +2,12 @@
 
 It serves a GGUF file as is (the embedded model's Q4_1 file included, no conversion). The
 decode loop is our own over llama-cpp-python's low-level eval: llama.cpp computes the
-logits, `server.engine.gguf.sampling` samples them with the same rules as the other
-engines (logit_bias, OpenAI penalties, the per-step constraint mask, logprobs). The KV
-cache is kept between requests: a prompt that starts like the last one only evaluates
-what differs (as `Llama.generate(reset=False)` does). LoRA adapters are converted to GGUF
-LoRA files once and switched per request with llama.cpp's adapter API on the loaded base.
+logits, and the CPU sampler (`server.engine.sampling`, shared with the torch engine)
+samples them with the same rules as the other engines (logit_bias, OpenAI penalties, the
+per-step constraint mask, logprobs). The KV cache is kept between requests: a prompt that
+starts like the last one only evaluates what differs (as `Llama.generate(reset=False)`
+does). LoRA adapters are converted to GGUF LoRA files once and switched per request with
+llama.cpp's adapter API on the loaded base.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import random
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
-from server.engine.gguf.tokenizer import load_tokenizer
+from server.engine.gguf.tokenizer import gguf_tokenizer
 from server.engine.templates import end_of_turn_ids
 from server.errors import ModelLoadError
 
@@ -159,7 +159,7 @@ class GGUFEngine(Engine):
             raise ModelLoadError(_CORRUPT.format(path=gguf_file)) from exc
         self.gguf_file = gguf_file
         self.model_path = str(hf_dir or gguf_file)
-        self.tokenizer = load_tokenizer(gguf_file, hf_dir, self.llama.metadata)
+        self.tokenizer = gguf_tokenizer(gguf_file, hf_dir, self.llama.metadata)
         ids = set(end_of_turn_ids(self.tokenizer, hf_dir or gguf_file.parent))
         ids.update(t for t in (self.llama.token_eos(), _eot(self.llama)) if t >= 0)
         self.eos_token_ids = frozenset(ids)
@@ -215,35 +215,24 @@ class GGUFEngine(Engine):
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
     ) -> Iterator[Sampled]:
-        import numpy as np
-
-        from server.engine.gguf import sampling
+        from server.engine.sampling import CompletionSampler
 
         steps = max(0, min(params.max_tokens, self.context_length - len(prompt_ids)))
         if steps == 0 or not prompt_ids:
             return
         # the prompt and every sampled token but the last are evaluated
         self._reserve(len(prompt_ids) + steps - 1)
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
-        rng = np.random.default_rng(seed)
-        adjust = sampling.Adjuster(params, self._vocab)
-        constraint = params.constraint() if params.constraint is not None else None
+        sampler = CompletionSampler(params, self._vocab)
         cached: int | None = self._eval_prompt(prompt_ids)
         for step in range(steps):
-            scores = adjust(self._logits())
-            if constraint is not None:
-                scores[~constraint.allowed(scores.shape[-1])] = -np.inf
-            token = sampling.sample(scores, params, rng)
-            out = sampling.sampled(token, scores, params.top_logprobs)
+            out = sampler.next(self._logits())
             yield out if cached is None else replace(out, cached_tokens=cached)
             cached = None  # told on the first token only
             if should_stop():
                 return
-            if constraint is not None:
-                constraint.advance(token)
-            adjust.count(token)
+            sampler.accept(out.token)
             if step + 1 < steps:  # the last token is never needed as input
-                self.llama.eval([token])
+                self.llama.eval([out.token])
 
     def _eval_prompt(self, prompt_ids: list[int]) -> int:
         """Evaluate the prompt, reusing the cached prefix it shares with the last request.

@@ -12,7 +12,7 @@ from server.errors import ModelLoadError
 _PLAIN_TOKENIZERS = frozenset({"PreTrainedTokenizerFast", "TokenizersBackend"})
 
 
-def load_tokenizer(gguf_file: Path, hf_dir: Path | None, metadata: dict[str, str]) -> Any:
+def gguf_tokenizer(gguf_file: Path, hf_dir: Path | None, metadata: dict[str, str]) -> Any:
     """The HF tokenizer: the folder's, else read from the GGUF; the GGUF's chat template."""
     try:
         if hf_dir is not None and (hf_dir / "tokenizer_config.json").is_file():
@@ -59,6 +59,6 @@ def _folder_tokenizer(hf_dir: Path) -> Any:
         from transformers import PreTrainedTokenizerFast
 
         return PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
-    from transformers import AutoTokenizer
+    from chatfmt.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(hf_dir))
+    return load_tokenizer(hf_dir)

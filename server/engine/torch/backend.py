@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from finetune.devices import pick_device
 from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.templates import end_of_turn_ids
-
-
-def pick_device() -> str:
-    """mps, then cuda, then cpu."""
-    import torch
-
-    if torch.backends.mps.is_available():
-        return "mps"
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
 
 
 class TorchEngine(Engine):
@@ -79,67 +68,21 @@ class TorchEngine(Engine):
         torch = self._torch
         from transformers import DynamicCache
 
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        from server.engine.sampling import CompletionSampler
+
         room = self._context - len(prompt_ids)
         with torch.inference_mode():
             cache = DynamicCache()
             inputs = torch.tensor([prompt_ids], device=self.device)
             kw = {self._cache_kw: cache, "use_cache": True}
             logits = self.model(input_ids=inputs, **kw, **self._last_logits).logits
-            counts: Any = None
-            constraint = params.constraint() if params.constraint is not None else None
+            sampler = CompletionSampler(params, int(logits.shape[-1]))
             for _ in range(max(0, min(params.max_tokens, room))):
-                scores = logits[0, -1].float().cpu()
-                scores, counts = _adjust(torch, scores, params, counts)
-                if constraint is not None:
-                    allowed = torch.from_numpy(constraint.allowed(scores.shape[-1]))
-                    scores = scores.masked_fill(~allowed, float("-inf"))
-                token = _sample(torch, scores, params, generator)
-                yield _sampled(torch, token, scores, params.top_logprobs)
+                # the CPU sampler (as the GGUF engine's) on a float32 copy of the logits
+                out = sampler.next(logits[0, -1].float().cpu().numpy().copy())
+                yield out
                 if should_stop():
                     return
-                if constraint is not None:
-                    constraint.advance(token)
-                counts[token] += 1
-                step = torch.tensor([[token]], device=self.device)
+                sampler.accept(out.token)
+                step = torch.tensor([[out.token]], device=self.device)
                 logits = self.model(input_ids=step, **kw).logits
-
-
-def _adjust(torch: Any, scores: Any, params: GenerationParams, counts: Any) -> tuple[Any, Any]:
-    """Apply logit_bias and OpenAI's presence/frequency penalties (sampled tokens only)."""
-    if counts is None:
-        counts = torch.zeros_like(scores)
-    for token_id, bias in params.logit_bias.items():
-        if token_id < scores.shape[-1]:
-            scores[token_id] += bias
-    if params.presence_penalty or params.frequency_penalty:
-        scores = scores - params.frequency_penalty * counts
-        scores = scores - params.presence_penalty * (counts > 0).float()
-    return scores, counts
-
-
-def _sampled(torch: Any, token: int, scores: Any, top: int | None) -> Sampled:
-    """The token with its logprob and best alternatives, when the request asked."""
-    if top is None:
-        return Sampled(token)
-    logprobs = torch.log_softmax(scores, dim=-1)
-    best: tuple[tuple[int, float], ...] = ()
-    if top > 0:
-        values, ids = torch.topk(logprobs, top)
-        best = tuple(zip(ids.tolist(), values.tolist(), strict=True))
-    return Sampled(token, float(logprobs[token]), best)
-
-
-def _sample(torch: Any, scores: Any, params: GenerationParams, generator: Any) -> int:
-    """Greedy at temperature 0, else temperature + nucleus sampling."""
-    if params.temperature == 0:
-        return int(torch.argmax(scores))
-    probs = torch.softmax(scores / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # keep the smallest set whose mass reaches top_p (always at least one token)
-        drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > params.top_p
-        sorted_probs[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,21 +1,24 @@
-"""Sampling in numpy for the GGUF engine, step for step the torch engine's rules.
+"""The CPU sampler, in numpy: one set of rules for the torch and GGUF engines.
 
-llama.cpp's own sampler chain has no per-step mask hook for our TokenConstraint and counts
-penalties over a window that includes the prompt (OpenAI counts sampled tokens only), so
-the GGUF engine reads the raw logits and samples here: logit_bias, presence/frequency
-penalties, the constraint's mask, then greedy or temperature + nucleus sampling, with the
-logprobs taken from the adjusted, masked scores (before temperature), as in
-`server.engine.torch.backend`.
+Each step takes the model's last logits and applies logit_bias, OpenAI's presence and
+frequency penalties (over sampled tokens only), the constraint's mask, then greedy or
+temperature + nucleus sampling with a seeded numpy generator; logprobs come from the
+adjusted, masked scores (before temperature). llama.cpp's own sampler chain has no
+per-step mask hook and counts penalties over a window that includes the prompt, so the
+GGUF engine samples here; the torch engine hands its logits here too, so both engines
+answer a seed alike. The MLX engine samples on the device under the same rules
+(`server.engine.mlx.sampling`).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from server.engine.base import GenerationParams, Sampled
+from server.engine.base import GenerationParams, Sampled, TokenConstraint
 
 Floats = npt.NDArray[np.float32]
 
@@ -118,3 +121,30 @@ def sampled(token: int, scores: Floats, top: int | None) -> Sampled:
         ids = ids[np.argsort(-logprobs[ids], kind="stable")]
         best = tuple((int(i), float(logprobs[i])) for i in ids)
     return Sampled(token, float(logprobs[token]), best)
+
+
+class CompletionSampler:
+    """One completion's sampling state: penalties, grammar and the seeded generator."""
+
+    def __init__(self, params: GenerationParams, vocab: int) -> None:
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        self._params = params
+        self._rng = np.random.default_rng(seed)
+        self._adjust = Adjuster(params, vocab)
+        self._constraint: TokenConstraint | None = (
+            params.constraint() if params.constraint is not None else None
+        )
+
+    def next(self, logits: Floats) -> Sampled:
+        """The next token from `logits` (float32, the caller's own copy: changed in place)."""
+        scores = self._adjust(logits)
+        if self._constraint is not None:
+            scores[~self._constraint.allowed(scores.shape[-1])] = -np.inf
+        token = sample(scores, self._params, self._rng)
+        return sampled(token, scores, self._params.top_logprobs)
+
+    def accept(self, token: int) -> None:
+        """Record the token the completion goes on with (grammar state, penalty counts)."""
+        if self._constraint is not None:
+            self._constraint.advance(token)
+        self._adjust.count(token)
