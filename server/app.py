@@ -28,6 +28,7 @@ from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from server.models import ModelCatalog
 from server.models.finetuned import FineTunedModels
 from server.models.loading import load_engine, resolve_model_path, settle_backend
+from server.models.options import read_options
 from server.models.registry import ModelRegistry
 from server.models.residency import (
     LoadedModel,
@@ -189,9 +190,11 @@ async def load_default_model(settings: Settings, engine: Engine | None) -> Loade
         worker.concurrency = engine.max_concurrency
         return _loaded(settings.model, engine, worker)
     path = await asyncio.to_thread(resolve_model_path, settings.model, settings.models_dir)
-    backend, why = await asyncio.to_thread(settle_backend, settings.backend, path, settings.home)
+    options = read_options(path)  # the model's own settings (`pomar models set`), if any
+    requested = options.backend or settings.backend
+    backend, why = await asyncio.to_thread(settle_backend, requested, path, settings.home)
     log.info("backend: %s (%s)", backend, why)
-    spec = ModelSpec(settings.model, path, backend, int(time.time()), pinned=True)
+    spec = ModelSpec(settings.model, path, backend, int(time.time()), pinned=True, options=options)
     model = await load_model(spec, settings)
     model.memory = await asyncio.to_thread(estimate_memory, path, model.engine.backend)
     return model
@@ -202,9 +205,11 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
 
     The engine must pass its self-check on this machine first (cached after the first
     time); under `auto` a failing one gives way to the next that can serve the model.
+    The model's own settings (`spec.options`) win over the server's.
     """
+    own = spec.options
     backend, why = await asyncio.to_thread(
-        settle_backend, settings.backend, spec.path, settings.home, spec.backend
+        settle_backend, own.backend or settings.backend, spec.path, settings.home, spec.backend
     )
     if backend != spec.backend:
         log.warning("serving %s with %s instead of %s (%s)", spec.id, backend, spec.backend, why)
@@ -218,12 +223,14 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
     worker = GenerationWorker(spec.backend)
     started = time.perf_counter()
     options = {
-        "max_batch_size": settings.max_batch_size,
-        "prompt_cache_entries": settings.prompt_cache_entries,
-        "prompt_cache_bytes": settings.prompt_cache_mb << 20,
+        "max_batch_size": _pick(own.max_batch_size, settings.max_batch_size),
+        "prompt_cache_entries": _pick(own.prompt_cache_entries, settings.prompt_cache_entries),
+        "prompt_cache_bytes": _pick(own.prompt_cache_mb, settings.prompt_cache_mb) << 20,
     }
     try:
-        engine = await worker.call(lambda: load_engine(spec.backend, spec.path, options))
+        engine = await worker.call(
+            lambda: load_engine(spec.backend, spec.path, options, context=own.context)
+        )
     except BaseException:
         worker.close()
         raise
@@ -237,6 +244,11 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
         time.perf_counter() - started,
     )
     return _loaded(spec.id, engine, worker)
+
+
+def _pick(own: int | None, server: int) -> int:
+    """A model's own setting where it has one, else the server's."""
+    return server if own is None else own
 
 
 def _loaded(model_id: str, engine: Engine, worker: GenerationWorker) -> LoadedModel:

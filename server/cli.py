@@ -158,9 +158,10 @@ def _check_start_engine(settings: Settings) -> None:
     failure end the command with one line instead of a failed start-up's traceback.
     """
     from server.models.loading import resolve_model_path, settle_backend
+    from server.models.options import read_options
 
     path = resolve_model_path(settings.model, settings.models_dir)
-    settle_backend(settings.backend, path, settings.home)
+    settle_backend(read_options(path).backend or settings.backend, path, settings.home)
 
 
 def _reexec_with_openblas(argv: list[str]) -> None:

@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="models, files and jobs (POMAR_HOME, default ~/.pomar)")
     p = sub.add_parser(
-        "models", help="the model store: list | pull | import | convert | rm | info | export"
+        "models", help="the model store: list | pull | import | convert | set | rm | info | export"
     )
     cmds = p.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
 
@@ -59,6 +59,18 @@ def add_parser(sub: Any) -> None:
         "fastest for MLX on a CPU)",
     )
 
+    c = cmds.add_parser(
+        "set", parents=[common], help="a model's own settings, over the server's (KEY=VALUE)"
+    )
+    c.add_argument("model_id")
+    c.add_argument(
+        "pairs",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="backend, max_batch_size, prompt_cache_entries, prompt_cache_mb or context; "
+        "KEY=default (or KEY=) goes back to the server's setting; none: show them",
+    )
+
     c = cmds.add_parser("rm", parents=[common], help="delete a stored model")
     c.add_argument("model_id")
 
@@ -86,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**({"home": args.home} if getattr(args, "home", None) else {}))
         catalog = ModelCatalog(settings.models_dir)
-        if args.models_command in ("info", "convert") and args.model_id == EMBEDDED_MODEL_ID:
+        named = args.models_command in ("info", "convert", "set")
+        if named and args.model_id == EMBEDDED_MODEL_ID:
             ensure_embedded_model(settings.models_dir)  # first use: import it, as the server does
         command = _COMMANDS[args.models_command]
         return command(args, settings, catalog)
@@ -222,6 +235,25 @@ def _short(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
+def _set(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog) -> int:
+    from server.models.options import parse_assignments, read_options, write_options
+
+    entry = catalog.require(args.model_id)
+    options = read_options(entry.path)
+    if args.pairs:
+        try:
+            options = parse_assignments(args.pairs, options)
+        except ValueError as exc:
+            raise CatalogError(str(exc)) from exc
+        write_options(entry.path, options)
+    own = options.model_dump(exclude_none=True)
+    shown = ", ".join(f"{k}={v}" for k, v in own.items()) or "none (the server's settings)"
+    print(f"{entry.id}: {shown}")
+    if args.pairs:
+        print("used the next time the model loads (a running server: after it is unloaded)")
+    return 0
+
+
 def _rm(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog) -> int:
     entry = catalog.require(args.model_id)
     size = entry.size_bytes
@@ -291,6 +323,7 @@ _COMMANDS = {
     "import": _import,
     "convert": _convert,
     "rm": _rm,
+    "set": _set,
     "info": _info,
     "export": _export,
 }

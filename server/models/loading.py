@@ -223,11 +223,16 @@ def torch_has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def load_engine(backend: str, path: Path, mlx_options: Mapping[str, int] | None = None) -> Engine:
+def load_engine(
+    backend: str,
+    path: Path,
+    mlx_options: Mapping[str, int] | None = None,
+    context: int | None = None,
+) -> Engine:
     """Load the weights at `path` with the named backend (heavy imports happen here).
 
     `mlx_options` are the MLX engine's batching and prompt-cache bounds (keyword
-    arguments of `MLXEngine`).
+    arguments of `MLXEngine`); `context` caps the model's context length.
     """
     if backend == "gguf":
         if importlib.util.find_spec("llama_cpp") is None:
@@ -241,7 +246,7 @@ def load_engine(backend: str, path: Path, mlx_options: Mapping[str, int] | None 
         gguf = find_gguf(path)
         if gguf is not None:
             hf_dir = path if (path / "config.json").is_file() else None
-            return GGUFEngine(gguf, hf_dir)
+            return GGUFEngine(gguf, hf_dir, context=context)
         fallback, why = choose_backend("auto", path)
         log.warning("%s has no GGUF file: serving it with %s instead (%s)", path, fallback, why)
         backend = fallback
@@ -259,9 +264,9 @@ def load_engine(backend: str, path: Path, mlx_options: Mapping[str, int] | None 
     if backend == "mlx":
         from server.engine.mlx.backend import MLXEngine
 
-        return MLXEngine(path, **(mlx_options or {}))
+        return MLXEngine(path, **(mlx_options or {}), context=context)
     if backend == "torch":
         from server.engine.torch.backend import TorchEngine
 
-        return TorchEngine(path)
+        return TorchEngine(path, context=context)
     raise ModelLoadError(f"unknown backend '{backend}'")

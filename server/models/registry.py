@@ -24,6 +24,7 @@ from server.errors import (
 )
 from server.models import ModelCatalog
 from server.models.loading import backend_for
+from server.models.options import read_options
 from server.models.residency import (
     AdapterSpec,
     Lease,
@@ -69,7 +70,12 @@ class ModelRegistry:
         """Serve an already-loaded base model under its id (the model named at start)."""
         path = Path(model.engine.model_path)
         self._specs[model.id] = ModelSpec(
-            model.id, path, model.engine.backend, model.created, pinned=pinned
+            model.id,
+            path,
+            model.engine.backend,
+            model.created,
+            pinned=pinned,
+            options=read_options(path),
         )
         self._loaded[model.id] = model
         if self._residency is not None and model.memory > self._residency.budget:
@@ -97,8 +103,10 @@ class ModelRegistry:
         entry = self._catalog.get(model_id) if self._catalog is not None else None
         if entry is None:
             raise ModelNotFound(model_id)
+        options = read_options(entry.path)
+        requested = options.backend or self._requested
         return ModelSpec(
-            model_id, entry.path, backend_for(self._requested, entry.path), entry.created
+            model_id, entry.path, backend_for(requested, entry.path), entry.created, options=options
         )
 
     def default(self) -> ModelSpec:

@@ -28,6 +28,7 @@ from server.engine.base import Engine
 from server.engine.templates import ChatTemplate
 from server.engine.worker import GenerationWorker
 from server.modelfiles import read_json_object
+from server.models.options import ModelOptions
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class ModelSpec:
     created: int
     #: the model named at start: never unloaded for being idle
     pinned: bool = False
+    #: its own settings (`pomar models set`), over the server's
+    options: ModelOptions = field(default_factory=ModelOptions)
 
 
 @dataclass(frozen=True)

@@ -123,11 +123,16 @@ class GGUFEngine(Engine):
     backend = "gguf"
 
     def __init__(
-        self, gguf_file: Path, hf_dir: Path | None = None, initial_context: int = INITIAL_CONTEXT
+        self,
+        gguf_file: Path,
+        hf_dir: Path | None = None,
+        initial_context: int = INITIAL_CONTEXT,
+        context: int | None = None,
     ) -> None:
         """Load `gguf_file`; `hf_dir`, when given, is the same model as a Hugging Face folder.
 
-        The KV cache starts at `initial_context` positions and grows on demand.
+        The KV cache starts at `initial_context` positions and grows on demand, up to the
+        model's context (at most MAX_CONTEXT, and at most `context` when given).
 
         The folder (the embedded model's import) provides the tokenizer, the sampling defaults
         and the weights fine-tuning jobs train on; without it the tokenizer is read from the
@@ -142,7 +147,7 @@ class GGUFEngine(Engine):
         # by ~0.005, enough to flip near-ties that MLX and torch (f32 throughout) agree on.
         # An all-f32 file keeps its cache in f32 too; quantized files keep llama.cpp's default.
         kv_type = llama_cpp.GGML_TYPE_F32 if header.file_type == 0 else None  # None: default
-        self._context = min(header.context_length, MAX_CONTEXT)
+        self._context = min(header.context_length, MAX_CONTEXT, context or MAX_CONTEXT)
         try:
             self.llama = Llama(
                 model_path=str(gguf_file),

@@ -40,7 +40,9 @@ class MLXEngine(Engine):
         max_batch_size: int = 8,
         prompt_cache_entries: int = PROMPT_CACHE_ENTRIES,
         prompt_cache_bytes: int = PROMPT_CACHE_BYTES,
+        context: int | None = None,
     ) -> None:
+        """`context` caps the model's own context length (a per-model setting)."""
         import mlx.core as mx
         from mlx_lm import load
 
@@ -54,7 +56,7 @@ class MLXEngine(Engine):
         self.tokenizer = wrapper._tokenizer
         self.model_path = str(model_path)
         self.eos_token_ids = end_of_turn_ids(self.tokenizer, model_path)
-        self._context = _context_length(model_path)
+        self._context = min(_context_length(model_path), context or 1 << 62)
         self._adapters: Any = None
         #: the adapter the next token_stream uses ("" = the base), and where each lives
         self._adapter_key = ""

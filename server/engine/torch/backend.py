@@ -22,7 +22,10 @@ class TorchEngine(Engine):
 
     backend = "torch"
 
-    def __init__(self, model_path: Path, device: str | None = None) -> None:
+    def __init__(
+        self, model_path: Path, device: str | None = None, context: int | None = None
+    ) -> None:
+        """`context` caps the model's own context length (a per-model setting)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -37,7 +40,8 @@ class TorchEngine(Engine):
         self.model_path = str(model_path)
         self.eos_token_ids = end_of_turn_ids(self.tokenizer, model_path)
         self._dtype = dtype
-        self._context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        own = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self._context = min(own, context or own)
         # transformers 5 renamed `past_key_values` to `cache`; older releases only know the former
         forward_params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
