@@ -27,15 +27,15 @@ from server.jobs.runner import JobRunner
 from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from server.models import ModelCatalog
 from server.models.finetuned import FineTunedModels
+from server.models.info import serving_memory
 from server.models.loading import load_engine, resolve_model_path, settle_backend
+from server.models.memory import default_budget
 from server.models.options import read_options
 from server.models.registry import ModelRegistry
 from server.models.residency import (
     LoadedModel,
     ModelSpec,
     Residency,
-    default_budget,
-    estimate_memory,
 )
 from server.routes import (
     chat,
@@ -196,7 +196,7 @@ async def load_default_model(settings: Settings, engine: Engine | None) -> Loade
     log.info("backend: %s (%s)", backend, why)
     spec = ModelSpec(settings.model, path, backend, int(time.time()), pinned=True, options=options)
     model = await load_model(spec, settings)
-    model.memory = await asyncio.to_thread(estimate_memory, path, model.engine.backend)
+    model.memory = await asyncio.to_thread(serving_memory, path, model.engine.backend)
     return model
 
 

@@ -171,8 +171,9 @@ def _model_path(settings: Settings) -> tuple[Path | None, str | None]:
 
 
 def _memory(settings: Settings, path: Path | None, error: str | None) -> dict[str, Any]:
+    from server.models.info import serving_memory
     from server.models.loading import backend_for
-    from server.models.residency import estimate_memory, total_memory
+    from server.models.memory import total_memory
 
     out: dict[str, Any] = {"total_bytes": total_memory(), "available_bytes": _available()}
     out["model"] = settings.model
@@ -180,7 +181,7 @@ def _memory(settings: Settings, path: Path | None, error: str | None) -> dict[st
         out["model_error"] = error
         return out
     backend = backend_for(settings.backend, path)
-    need = estimate_memory(path, backend)
+    need = serving_memory(path, backend)
     out.update(model_backend=backend, model_needs_bytes=need)
     if out["available_bytes"] is not None:
         out["fits"] = need <= out["available_bytes"]

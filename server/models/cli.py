@@ -264,7 +264,7 @@ def _rm(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog) -> 
 
 def _info(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog) -> int:
     from server.models.info import model_info, parse_size
-    from server.models.residency import total_memory as total_ram
+    from server.models.memory import total_memory as total_ram
 
     budget = parse_size(args.budget) if args.budget else None
     entry = catalog.get(args.model_id)

@@ -29,14 +29,18 @@ from pydantic import BaseModel, ByteSize, TypeAdapter
 from server.modelfiles import read_json_object
 from server.models.gguf_meta import read_gguf_meta
 from server.models.importing import detect_format
-from server.models.residency import default_budget
+from server.models.memory import (
+    ADMISSION_CONTEXT,
+    default_budget,
+    held_weights,
+    kv_cache_bytes,
+    runtime_bytes,
+)
 from server.models.store import CatalogEntry, CatalogError, folder_size
 
 KV_CONTEXT_CAP = 8192
 """Tokens the default KV-cache estimate assumes at most (long-context models rarely use all)."""
 
-RUNTIME_OVERHEAD = 0.10
-"""Activations and runtime buffers, as a share of the weights' memory."""
 
 GROUP_SIZE = 64
 _BYTES_PER_PARAM = {
@@ -123,15 +127,14 @@ def model_info(
     if info.context_length or context:
         info.kv_context = context or min(info.context_length or 0, KV_CONTEXT_CAP)
         if kv_shape is not None:
-            layers, kv_heads, head_dim = kv_shape
-            info.kv_cache_bytes = layers * 2 * kv_heads * head_dim * info.kv_context * 2
+            info.kv_cache_bytes = kv_cache_bytes(kv_shape, info.kv_context)
     if info.parameters is None:
         info.notes.append("no weights found: parameters and memory unknown")
         return info
     kv = info.kv_cache_bytes or 0
     for name, per_param in _BYTES_PER_PARAM.items():
         weights = math.ceil(info.parameters * per_param)
-        runtime = weights + kv + math.ceil(weights * RUNTIME_OVERHEAD)
+        runtime = runtime_bytes(weights, kv)
         info.memory.append(
             MemoryEstimate(
                 precision=name, weights_bytes=weights, runtime_bytes=runtime, fits=runtime <= budget
@@ -148,6 +151,23 @@ def model_info(
     )
     info.notes.append(f"runtime: weights + {kv_note} + 10 % for activations and buffers")
     return info
+
+
+def serving_memory(path: Path, backend: str, context: int = ADMISSION_CONTEXT) -> int:
+    """Bytes the model at `path` needs on `backend` with a KV cache of `context` tokens.
+
+    The one estimate (server/models/memory.py) that admission and `pomar doctor` use; a
+    model whose files say no KV shape is reckoned without its cache.
+    """
+    kv = None
+    try:
+        facts = _facts(path)
+    except (CatalogError, OSError, ValueError):
+        facts = {}
+    if facts.get("kv_shape") is not None:
+        tokens = min(context, facts.get("context_length") or context)
+        kv = kv_cache_bytes(facts["kv_shape"], tokens)
+    return runtime_bytes(held_weights(path, backend), kv)
 
 
 def _facts(path: Path) -> dict[str, Any]:

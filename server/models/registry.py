@@ -23,6 +23,7 @@ from server.errors import (
     ModelTooLarge,
 )
 from server.models import ModelCatalog
+from server.models.info import serving_memory
 from server.models.loading import backend_for
 from server.models.options import read_options
 from server.models.residency import (
@@ -32,7 +33,6 @@ from server.models.residency import (
     LoadedModel,
     ModelSpec,
     Residency,
-    estimate_memory,
     rss_bytes,
     wait_until,
 )
@@ -200,7 +200,7 @@ class ModelRegistry:
             loaded = self._loaded.get(spec.id)
             if loaded is not None:  # another request loaded it while this one waited
                 return loaded
-            need = await asyncio.to_thread(estimate_memory, spec.path, spec.backend)
+            need = await asyncio.to_thread(serving_memory, spec.path, spec.backend)
             budget = self._residency.budget
             if need > budget:
                 raise ModelTooLarge(

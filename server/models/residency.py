@@ -8,9 +8,9 @@ first unloads the least recently used idle models; one that cannot fit even alon
 keep-alive is unloaded (Ollama's `keep_alive`), except the model named at start, which
 stays until another model needs its memory.
 
-Memory is reckoned from the weights as the engine will hold them (MLX and torch on a CPU
-compute in float32, so bf16 weights count double) plus 20 % for caches and activations:
-an estimate known before loading, which is what admission needs.
+Memory is reckoned before loading by the one estimate `server.models.info.serving_memory`
+(server/models/memory.py): the weights as the engine will hold them, a KV cache, and
+runtime buffers.
 """
 
 from __future__ import annotations
@@ -27,18 +27,12 @@ from typing import TypeVar
 from server.engine.base import Engine
 from server.engine.templates import ChatTemplate
 from server.engine.worker import GenerationWorker
-from server.modelfiles import read_json_object
+from server.models.memory import default_budget
 from server.models.options import ModelOptions
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-GIB = 1 << 30
-#: what the system and other programs keep when the budget is "auto"
-SYSTEM_RESERVE = 4 * GIB
-#: caches and activations on top of the weights
-OVERHEAD = 1.2
 
 
 @dataclass
@@ -95,52 +89,6 @@ class Listing:
     created: int
     parent: str | None
     loaded: bool
-
-
-def total_memory() -> int:
-    """Physical memory of this machine in bytes (Linux and macOS)."""
-    return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-
-
-def default_budget() -> int:
-    """RAM minus what the system needs (4 GiB), at least 1 GiB: POMAR_MAX_MEMORY's default."""
-    return max(GIB, total_memory() - SYSTEM_RESERVE)
-
-
-def estimate_memory(path: Path, backend: str) -> int:
-    """Bytes a model will hold once loaded by `backend` (weights as computed, plus 20 %)."""
-    if backend == "gguf":
-        from server.modelfiles import find_gguf
-
-        gguf = find_gguf(path)
-        weights = gguf.stat().st_size if gguf is not None else 0
-        return int(weights * OVERHEAD)
-    weights = sum(p.stat().st_size for p in Path(path).glob("*.safetensors"))
-    weights = weights or sum(p.stat().st_size for p in Path(path).glob("*.bin"))
-    config = read_json_object(Path(path) / "config.json")
-    quantized = "quantization" in config
-    if not quantized and _computes_in_fp32(backend):
-        width = {"float16": 2, "bfloat16": 2, "float32": 4}.get(
-            str(config.get("torch_dtype") or config.get("dtype") or "float32"), 4
-        )
-        weights = weights * 4 // width
-    return int(weights * OVERHEAD)
-
-
-def _computes_in_fp32(backend: str) -> bool:
-    """MLX and torch on a CPU cast weights to float32 (docs/platform.md)."""
-    if backend == "mlx":
-        try:
-            import mlx.core as mx
-
-            return bool(mx.default_device() == mx.cpu)
-        except ImportError:
-            return True
-    if backend == "torch":
-        from server.engine.torch.backend import pick_device
-
-        return pick_device() == "cpu"
-    return False
 
 
 def rss_bytes() -> int:

@@ -14,8 +14,8 @@ from server.models import CatalogError, ModelCatalog, folder_size
 from server.models.gguf_meta import read_gguf_meta
 from server.models.importing import detect_format, import_model
 from server.models.info import model_info, parse_size
-from server.models.residency import SYSTEM_RESERVE, default_budget
-from server.models.residency import total_memory as total_ram
+from server.models.memory import SYSTEM_RESERVE, default_budget
+from server.models.memory import total_memory as total_ram
 
 
 def real_param_count(folder: Path) -> int:

@@ -18,7 +18,7 @@ from live_server import LiveServer, client_for
 from openai.types.chat import ChatCompletionMessageParam
 
 from server.models import ModelCatalog
-from server.models.residency import estimate_memory
+from server.models.info import serving_memory
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 
@@ -65,7 +65,7 @@ def _ask(client: openai.OpenAI, model: str) -> str:
 
 
 def _estimate(home: Path) -> int:
-    return estimate_memory(home / "models" / "tiny-a", "mlx")
+    return serving_memory(home / "models" / "tiny-a", "mlx")
 
 
 def test_models_load_on_demand_and_evict_lru_within_the_budget(two_model_home: Path) -> None:
