@@ -20,11 +20,12 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import LoadAverage, emit, expect, run_child
 
 TARGET_S = 10.0
 # ~3,000 pseudo-words of letters; real text is mostly letters, with the odd number.
@@ -142,7 +143,7 @@ def child(src: Path, out: Path, workers: int | None) -> None:
         "can_train": report.can_train,
         "load_average": round(os.getloadavg()[0], 2),
     }
-    print(json.dumps(figures))
+    emit(figures)
 
 
 def main() -> int:
@@ -156,7 +157,7 @@ def main() -> int:
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]), args.workers)
         return 0
-    rows = []
+    rows, load = [], LoadAverage()
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             src = Path(tmp) / f"bench-{n}.jsonl"
@@ -167,8 +168,7 @@ def main() -> int:
                 cmd += ["--workers", str(args.workers)]
             runs = []
             for _ in range(args.repeat):
-                result = subprocess.run(cmd, check=True, capture_output=True, text=True)
-                runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+                runs.append(expect(run_child(cmd), f"prepare on {n:,} lines"))
                 print(f"{n:>8,} lines ({mb:.0f} MB; {kinds}): {json.dumps(runs[-1])}", flush=True)
             rows.append((n, mb, kinds, min(runs, key=lambda f: f["seconds"])))
     print()
@@ -189,6 +189,8 @@ def main() -> int:
         print(f"peak RSS grows {grow:.2f} KiB per extra line (dedupe index + per-record metadata)")
     worst = max(fig["seconds"] for *_, fig in rows)
     print(f"target ≤ {TARGET_S:.0f} s: {'met' if worst <= TARGET_S else 'MISSED'} ({worst:.2f} s)")
+    load.done()
+    load.warn()
     return 0
 
 

@@ -14,32 +14,20 @@ preload only takes effect at process start.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from benchlib import LiveServer, child_env, embedded_model, emit, expect, run_child, stream_chat
 
 PROMPT = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
-OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
-
-
-def model_dir() -> Path:
-    from server.models.embedded import ensure_embedded_model
-    from server.settings import Settings
-
-    return ensure_embedded_model(Settings().models_dir)
 
 
 def in_process(backend: str, tokens: int, runs: int) -> list[float]:
     """Decode tok/s of the bare library, no server (runs in a child process)."""
-    path = model_dir()
+    path = embedded_model()
     rates = []
     if backend == "mlx":
         import mlx.core as mx
@@ -87,7 +75,6 @@ def in_process(backend: str, tokens: int, runs: int) -> list[float]:
 def through_server(backend: str, openblas: bool, tokens: int, runs: int) -> list[float]:
     """Decode tok/s streamed through a real `pomar serve` by the openai SDK."""
     import openai
-    from live_server import LiveServer
 
     home = Path(os.environ.get("POMAR_HOME", Path.home() / ".pomar"))
     server = LiveServer(model="smollm2-135m-instruct", backend=backend, home=home)
@@ -98,41 +85,20 @@ def through_server(backend: str, openblas: bool, tokens: int, runs: int) -> list
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x")
         rates = []
         for _ in range(runs + 1):
-            stream = client.chat.completions.create(
-                model="smollm2-135m-instruct",
-                messages=PROMPT,  # type: ignore[arg-type]
-                max_tokens=tokens,
-                temperature=0,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            first = last = None
-            usage = None
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    last = time.perf_counter()
-                    first = first or last
-                if chunk.usage:
-                    usage = chunk.usage.completion_tokens
-            assert first and last and usage
-            rates.append((usage - 1) / (last - first))
+            reply = stream_chat(client, "smollm2-135m-instruct", PROMPT, tokens)
+            rates.append((reply.completion_tokens - 1) / reply.rest)
         return rates[1:]
     finally:
         server.stop()
 
 
 def child(kind: str, backend: str, openblas: bool, tokens: int, runs: int) -> float:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("LD_PRELOAD", None)
+    env = child_env(openblas and kind == "inprocess")
     env.pop("POMAR_NO_OPENBLAS", None)
-    if openblas and kind == "inprocess":
-        env["LD_PRELOAD"] = OPENBLAS
     args = [sys.executable, __file__, "--child", kind, backend, str(int(openblas))]
     args += ["--tokens", str(tokens), "--runs", str(runs)]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"{kind}/{backend} failed:\n{out.stderr[-3000:]}")
-    return float(statistics.median(json.loads(out.stdout.strip().splitlines()[-1])))
+    rates = expect(run_child(args, env), f"{kind}/{backend}")["rates"]
+    return float(statistics.median(rates))
 
 
 def main() -> None:
@@ -147,9 +113,9 @@ def main() -> None:
             rates = in_process(backend, args.tokens, args.runs)
         else:
             rates = through_server(backend, openblas, args.tokens, args.runs)
-        print(json.dumps(rates))
+        emit({"rates": rates})
         return
-    model_dir()  # import once up front
+    embedded_model()  # import once up front
     configs = [("mlx", True), ("mlx", False), ("torch", False)]
     rows = []
     for backend, openblas in configs:

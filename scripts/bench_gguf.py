@@ -18,10 +18,8 @@ cold cache (a different first word on every run defeats the server's prefix reus
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -29,11 +27,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from benchlib import (
+    LiveServer,
+    LoadAverage,
+    child_env,
+    embedded_model,
+    emit,
+    expect,
+    run_child,
+    stream_chat,
+)
 
-from server.bench import timed  # noqa: E402
+from server.bench import timed
 
 MODEL = "smollm2-135m-instruct"
 STORY = "Write a long story about a dragon who learns to cook."
@@ -41,7 +46,6 @@ PARAGRAPH = (
     "The orchard sits on a hill above the river. Every autumn the pickers arrive before "
     "dawn, fill their baskets with pears and apples, and carry them down to the press. "
 )
-OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 STREAMS = 4
 
 
@@ -52,13 +56,6 @@ def messages(text: str) -> list[dict[str, str]]:
 def long_prompt(run: int) -> list[dict[str, str]]:
     """~460 tokens, opening with a run-specific word so no cache holds any of it."""
     return messages(f"Run {run}. Summarize this text. " + PARAGRAPH * 12)
-
-
-def model_dir() -> Path:
-    from server.models.embedded import ensure_embedded_model
-    from server.settings import Settings
-
-    return ensure_embedded_model(Settings().models_dir)
 
 
 def in_threads(one: Callable[[int], None]) -> float:
@@ -78,7 +75,7 @@ def in_process(backend: str, tokens: int, runs: int) -> dict[str, float]:
     from server.engine.templates import ChatTemplate
     from server.models.loading import load_engine
 
-    engine: Any = load_engine(backend.removesuffix("-generate"), model_dir())
+    engine: Any = load_engine(backend.removesuffix("-generate"), embedded_model())
     template = ChatTemplate(engine.tokenizer)
 
     def stream(ids: list[int], max_tokens: int) -> Any:
@@ -106,7 +103,6 @@ def in_process(backend: str, tokens: int, runs: int) -> dict[str, float]:
 def through_server(backend: str, tokens: int, runs: int) -> dict[str, float]:
     """Decode and prefill tok/s streamed through `pomar serve`, and 4 concurrent streams."""
     import openai
-    from live_server import LiveServer
 
     home = Path(os.environ.get("POMAR_HOME", Path.home() / ".pomar"))
     server = LiveServer(model=MODEL, backend=backend, home=home).start()
@@ -114,24 +110,8 @@ def through_server(backend: str, tokens: int, runs: int) -> dict[str, float]:
 
     def ask(msgs: list[dict[str, str]], max_tokens: int) -> tuple[int, float, float, int]:
         """(tokens, time to first, first to last, prompt tokens) of one streamed request."""
-        usage: list[int] = []
-
-        def texts() -> Any:
-            for chunk in client.chat.completions.create(
-                model=MODEL,
-                messages=msgs,  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                temperature=0,
-                stream=True,
-                stream_options={"include_usage": True},
-            ):
-                if chunk.usage:
-                    usage.append(chunk.usage.prompt_tokens)
-                elif chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk
-
-        n, to_first, rest = timed(texts())
-        return n, to_first, rest, usage[0]
+        reply = stream_chat(client, MODEL, msgs, max_tokens)
+        return reply.chunks, reply.to_first, reply.rest, reply.prompt_tokens
 
     try:
         decode, prefill = [], []
@@ -162,9 +142,11 @@ def contexts(tokens: int, threads_each: int) -> dict[str, float]:
     """4 streams on 4 llama.cpp contexts in parallel threads: total tok/s and mean TTFT."""
     from llama_cpp import Llama
 
+    from server.engine.gguf.cpu import ensure_cpu_backend
     from server.modelfiles import find_gguf
 
-    gguf = find_gguf(model_dir())
+    ensure_cpu_backend()  # the portable build's kernels for this CPU, before any load
+    gguf = find_gguf(embedded_model())
     assert gguf is not None
     llamas = [
         Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads_each, verbose=False)
@@ -188,21 +170,10 @@ def contexts(tokens: int, threads_each: int) -> dict[str, float]:
 
 
 def child(kind: str, backend: str, tokens: int, runs: int) -> dict[str, float]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("LD_PRELOAD", None)
-    if kind == "inprocess" and backend == "mlx" and Path(OPENBLAS).is_file():
-        env["LD_PRELOAD"] = OPENBLAS
+    env = child_env(openblas=kind == "inprocess" and backend == "mlx")
     args = [sys.executable, __file__, "--child", kind, backend]
-    out = subprocess.run(
-        [*args, "--tokens", str(tokens), "--runs", str(runs)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"{kind}/{backend} failed:\n{out.stderr[-3000:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    args += ["--tokens", str(tokens), "--runs", str(runs)]
+    return expect(run_child(args, env), f"{kind}/{backend}")
 
 
 def main() -> None:
@@ -219,10 +190,11 @@ def main() -> None:
             result = through_server(backend, args.tokens, args.runs)
         else:
             result = contexts(args.tokens, int(backend))
-        print(json.dumps(result))
+        emit(result)
         return
-    model_dir()  # import once up front
-    print(f"load average before: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    embedded_model()  # import once up front
+    load = LoadAverage()
+    print(f"load average before: {load.before:.2f}", file=sys.stderr)
     names = {"gguf": "GGUF (llama.cpp, Q4_1)", "mlx": "MLX fp32 + OpenBLAS", "torch": "torch"}
     rows = []
     for backend in ("gguf", "mlx", "torch"):
@@ -236,7 +208,8 @@ def main() -> None:
     reference = child("inprocess", "gguf-generate", args.tokens, args.runs)
     split = child("contexts", str(max(1, (os.cpu_count() or 2) // STREAMS)), args.tokens, 0)
     shared_threads = child("contexts", str(os.cpu_count() or 2), args.tokens, 0)
-    print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    print(f"load average after: {load.done():.2f}", file=sys.stderr)
+    load.warn()
     print(f"\nEmbedded SmolLM2-135M, {args.tokens} greedy tokens, median of {args.runs} runs\n")
     print("| engine | decode in-process | decode server | prefill in-process | prefill server |")
     print("|---|---:|---:|---:|---:|")

@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import RESULT_MARK, ROOT, LoadAverage, embedded_model, median_of, run_child
 
 _CHILD = """
 import json, sys
@@ -46,15 +44,8 @@ from server.engine.gguf.cpu import ensure_cpu_backend
 row = measure("gguf", Path({path!r}), {tokens}, {prompt_tokens}, {runs})
 cpu = ensure_cpu_backend()
 row["kernels"] = cpu.variant or cpu.kind
-print("RESULT " + json.dumps(row))
+print({mark!r} + json.dumps(row))
 """
-
-
-def model_path() -> Path:
-    from server.models.embedded import ensure_embedded_model
-    from server.settings import Settings
-
-    return ensure_embedded_model(Settings().models_dir)
 
 
 def configs(args: argparse.Namespace) -> list[tuple[str, dict[str, str], bool]]:
@@ -79,21 +70,11 @@ def run_one(
         tokens=args.tokens,
         prompt_tokens=args.prompt_tokens,
         runs=args.runs,
+        mark=RESULT_MARK,
     )
     env = dict(os.environ, **env_changes)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [env_changes.get("PYTHONPATH"), str(ROOT)]))
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[len("RESULT ") :]))
-    if done.returncode < 0:
-        import signal
-
-        return {"ok": False, "error": f"crashed: {signal.Signals(-done.returncode).name}"}
-    tail = [ln for ln in done.stderr.splitlines() if ln.strip()][-1:] or ["no output"]
-    return {"ok": False, "error": f"exit {done.returncode}: {tail[0]}"}
+    return run_child([sys.executable, "-c", code], env)
 
 
 def main() -> int:
@@ -106,17 +87,17 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=512, help="prefill length")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    path = model_path()
+    path = embedded_model()
     todo = configs(args)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in todo}
-    load_before = os.getloadavg()[0]
+    load = LoadAverage()
     for turn in range(args.rounds):
         for name, env_changes, no_extra in todo:
             print(f"round {turn + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
             rows[name].append(run_one(env_changes, no_extra, path, args))
     report = summarize(rows)
-    print_table(report, args, (load_before, os.getloadavg()[0]))
+    print_table(report, args, (load.before, load.done()))
+    load.warn()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -135,8 +116,8 @@ def summarize(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 "config": name,
                 "ok": True,
                 "kernels": ok[0]["kernels"],
-                "decode_tok_s": statistics.median(r["decode_tok_s"] for r in ok),
-                "prefill_tok_s": statistics.median(r["prefill_tok_s"] for r in ok),
+                "decode_tok_s": median_of(ok, "decode_tok_s"),
+                "prefill_tok_s": median_of(ok, "prefill_tok_s"),
                 "rounds": len(ok),
             }
         )

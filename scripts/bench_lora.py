@@ -28,11 +28,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchlib import LiveServer, LoadAverage, marked
 
-from finetune.callbacks import StepMetrics, TrainingCallback  # noqa: E402
-from finetune.config import DEFAULT_TARGET_MODULES, LoRAConfig, TrainConfig  # noqa: E402
+from finetune.callbacks import StepMetrics, TrainingCallback
+from finetune.config import DEFAULT_TARGET_MODULES, LoRAConfig, TrainConfig
 
 TOPICS = ["the river", "a garden", "the old town", "a lighthouse", "the market", "a library"]
 ASKS = ["Describe {t} in two sentences.", "What would you find near {t}?", "Why visit {t}?"]
@@ -112,9 +111,6 @@ def bench_api(args: argparse.Namespace, data: Path, home: Path) -> Measure:
     import time
 
     import openai
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from live_server import LiveServer
 
     from finetune.config import BASE_LEARNING_RATE
 
@@ -221,11 +217,7 @@ def bench_mlx_lm(
     proc = subprocess.run(
         [sys.executable, "-c", _MLX_LM_CHILD, *cli], capture_output=True, text=True
     )
-    reports = [
-        json.loads(line.removeprefix("BENCH "))
-        for line in proc.stdout.splitlines()
-        if line.startswith("BENCH ")
-    ]
+    reports = marked(proc.stdout, "BENCH ")
     if proc.returncode != 0 or len(reports) < 2:
         raise SystemExit(f"mlx_lm lora failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     # the first report holds the warm-up (compilation); later ones are steady state
@@ -271,6 +263,7 @@ def main() -> None:
         raise SystemExit("need iters > warmup and examples >= iters * batch size")
     preload = os.environ.get("LD_PRELOAD", "")
     blas = "OpenBLAS preloaded" if "openblas" in preload else "reference BLAS (no LD_PRELOAD)"
+    load = LoadAverage()
     if os.environ.get("MLX_DISABLE_COMPILE"):
         print("warning: MLX_DISABLE_COMPILE is set; both runners run uncompiled", file=sys.stderr)
 
@@ -302,7 +295,8 @@ def main() -> None:
     layers = args.num_layers or "all"
     print(f"\nLoRA on {args.model.name}: batch {args.batch_size}, rank {args.rank}, ", end="")
     print(f"scale {args.scale}, layers {layers}, {blas}, {os.cpu_count()} CPUs\n")
-    print(f"best of {args.rounds} alternating rounds; load average {os.getloadavg()[0]:.1f}\n")
+    print(f"best of {args.rounds} alternating rounds; load average {load.done():.1f}\n")
+    load.warn()
     print("| runner | weights | timed steps | it/s | tokens/s | pomar ÷ this |")
     print("|---|---|---:|---:|---:|---:|")
     for m in [ours, *theirs]:

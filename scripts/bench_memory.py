@@ -24,21 +24,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from benchlib import ROOT, free_port, proc_memory_kib, stop_process, wait_healthy
 from openai import OpenAI
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from server.models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path  # noqa: E402
+from server.models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path
 
 MB = 1_000_000
 LONG_PROMPT = "Summarise this text in one sentence. " + " ".join(
@@ -75,12 +70,8 @@ def model_bytes(backend: str, home: Path) -> int:
 
 def memory(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of `pid` in MB."""
-    values: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024 / MB
-    return values["VmRSS"], values["VmHWM"]
+    kib = proc_memory_kib(pid)
+    return kib["VmRSS"] * 1024 / MB, kib["VmHWM"] * 1024 / MB
 
 
 def torch_loaded(pid: int) -> bool:
@@ -88,26 +79,12 @@ def torch_loaded(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> str:
     """Wait for `/health`; return the backend the server chose."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            reply = httpx.get(f"{url}/health", timeout=2)
-            if reply.status_code == 200:
-                return str(reply.json()["backend"])
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the server at {url} did not start in {timeout:.0f} s")
+    reply = wait_healthy(f"{url}/health", proc, timeout)  # ServerExited: a RuntimeError
+    if reply is None:
+        raise TimeoutError(f"the server at {url} did not start in {timeout:.0f} s")
+    return str(reply.json()["backend"])
 
 
 def chat(client: OpenAI, text: str, max_tokens: int = 48) -> int:
@@ -153,11 +130,7 @@ def measure(backend: str, home: Path, log_dir: Path) -> Row:
         after, peak = memory(proc.pid)
         torch = torch_loaded(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30)
         log.close()
     name = backend if served == backend else f"{backend} ({served})"
     return Row(name, model_bytes(served, home) / MB, warm, after, peak, torch)

@@ -41,11 +41,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchlib import (
+    ROOT,
+    ServerExited,
+    child_env,
+    embedded_model,
+    emit,
+    expect,
+    free_port,
+    greedy_stream,
+    median_or_none,
+    quantile,
+    run_child,
+    stop_process,
+    wait_healthy,
+)
 from serving_report import Level, RequestResult, ServerReport, markdown, plot
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 QUESTIONS = [
     "Write a long story about a dragon who learns to cook.",
@@ -63,23 +74,9 @@ FILLER = (
 )
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def openblas_env() -> dict[str, str]:
-    from server.engine.mlx.openblas import find_openblas
-
-    env = dict(os.environ)
-    lib = find_openblas()
-    if sys.platform.startswith("linux") and lib is not None:
-        env["LD_PRELOAD"] = str(lib)
-    env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    return env
+def mlx_env() -> dict[str, str]:
+    """MLX's environment: OpenBLAS preloaded on Linux, as pomar arranges for itself."""
+    return child_env(openblas=True, TOKENIZERS_PARALLELISM="false")
 
 
 class Server:
@@ -98,18 +95,11 @@ class Server:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def wait(self, timeout: float = 600.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        try:
+            if wait_healthy(f"{self.base_url}/models", self.process, timeout) is not None:
+                return
+        except ServerExited:
+            raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}") from None
         raise RuntimeError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
 
     def rss_mb(self) -> float | None:
@@ -118,12 +108,7 @@ class Server:
         return int(text) / 1024 if text else None
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 20)
 
 
 def start_server(kind: str, model: Path, max_batch: int) -> Server:
@@ -131,7 +116,7 @@ def start_server(kind: str, model: Path, max_batch: int) -> Server:
     if kind == "mlx_lm":
         cmd = [py, "-m", "mlx_lm", "server", "--model", str(model)]
         cmd += ["--decode-concurrency", str(max_batch), "--log-level", "WARNING"]
-        return Server(kind, cmd, openblas_env(), "default_model")
+        return Server(kind, cmd, mlx_env(), "default_model")
     if kind == "llama_cpp":
         # llama-cpp-python's own OpenAI server on the GGUF file pomar's GGUF engine serves.
         # It needs the [server] extra, whose fastapi pins starlette: give it its own venv
@@ -165,14 +150,7 @@ async def one_request(
     stamps: list[float] = []
     usage_tokens = None
     try:
-        stream = await client.chat.completions.create(
-            model=model,
-            messages=messages,
-            max_tokens=max_tokens,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        stream = await client.chat.completions.create(**greedy_stream(model, messages, max_tokens))
         async for chunk in stream:
             if chunk.usage is not None:
                 usage_tokens = chunk.usage.completion_tokens
@@ -206,16 +184,16 @@ async def run_level(server: Server, concurrency: int, requests: int, max_tokens:
     results = await asyncio.gather(*[gated(i) for i in range(requests)])
     wall = time.perf_counter() - start
     await client.close()
-    ttfts = sorted(r.ttft for r in results if r.ttft is not None)
+    ttfts = [r.ttft for r in results if r.ttft is not None]
     itls = [r.itl for r in results if r.itl is not None]
     return Level(
         concurrency=concurrency,
         requests=requests,
         wall=wall,
         tok_s=sum(r.tokens for r in results if r.error is None) / wall,
-        ttft_median=statistics.median(ttfts) if ttfts else None,
-        ttft_p95=ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))] if ttfts else None,
-        itl_median=statistics.median(itls) if itls else None,
+        ttft_median=median_or_none(ttfts),
+        ttft_p95=quantile(ttfts, 0.95),
+        itl_median=median_or_none(itls),
         errors=sum(r.error is not None for r in results),
     )
 
@@ -319,18 +297,10 @@ def in_process(model: Path, max_tokens: int, runs: int) -> dict[str, float]:
 def in_process_child(args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--in-process-child", "--model", str(args.model)]
     cmd += ["--max-tokens", str(args.max_tokens), *(["--quick"] if args.quick else [])]
-    out = subprocess.run(cmd, env=openblas_env(), capture_output=True, check=True)
-    return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+    return expect(run_child(cmd, mlx_env()), "the in-process baseline")
 
 
 # --- report ---------------------------------------------------------------------------
-
-
-def default_model() -> Path:
-    from server.models.embedded import ensure_embedded_model
-    from server.settings import Settings
-
-    return ensure_embedded_model(Settings().models_dir)
 
 
 def main() -> int:
@@ -350,9 +320,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke setting")
     parser.add_argument("--in-process-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.model = (args.model or default_model()).resolve()
+    args.model = (args.model or embedded_model()).resolve()
     if args.in_process_child:
-        print(json.dumps(in_process(args.model, args.max_tokens, 1 if args.quick else 3)))
+        emit(in_process(args.model, args.max_tokens, 1 if args.quick else 3))
         return 0
     if args.quick:
         if args.concurrency == parser.get_default("concurrency"):

@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,9 +34,17 @@ from typing import Any
 
 import httpx
 import openai
+from benchlib import (
+    ROOT,
+    ServerExited,
+    free_port,
+    proc_memory_kib,
+    quantile,
+    stop_process,
+    wait_healthy,
+)
 from openai.types.chat import ChatCompletionMessageParam
 
-ROOT = Path(__file__).resolve().parents[1]
 RSS_TARGET = 1.05  # RSS after the run within 5 % of RSS after warm-up
 PROBE_TTFT_TARGET_S = 10.0  # the post-load request's first token, on a loaded CI machine
 
@@ -73,8 +80,8 @@ class Results:
         ratio, errors = after / warm if after and warm else None, self.server_errors
         return {
             **{k: v for k, v in asdict(self).items() if k != "ttft_s"},
-            "ttft_p50_s": _quantile(ttft, 0.50),
-            "ttft_p95_s": _quantile(ttft, 0.95),
+            "ttft_p50_s": quantile(ttft, 0.50),
+            "ttft_p95_s": quantile(ttft, 0.95),
             "tokens_per_s": self.tokens / (self.load_s or self.duration_s),
             "rss_peak_kib": max((kib for _, kib in self.rss_samples), default=None),
             "rss_ratio": ratio,
@@ -87,24 +94,14 @@ class Results:
         }
 
 
-def _quantile(ordered: list[float], q: float) -> float | None:
-    """Nearest-rank quantile of sorted values."""
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
-
-
 def rss_kib(pid: int | None) -> int | None:
     """VmRSS of a process in KiB, or None where /proc cannot tell."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
-    return None
+    return proc_memory_kib(pid).get("VmRSS")
 
 
 def start_server(args: argparse.Namespace, home: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`python -m server serve` on a free port; returns it once /health answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     model = args.model or "smollm2-135m-instruct"
     cmd = [sys.executable, "-m", "server", "serve", "--model", model, "--port", str(port)]
     cmd += ["--backend", args.backend, "--home", str(home), "--log-level", "warning"]
@@ -113,14 +110,11 @@ def start_server(args: argparse.Namespace, home: Path) -> tuple[subprocess.Popen
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + args.start_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited early:\n{(home / 'server.log').read_text()[-4000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        time.sleep(0.5)
+    try:
+        if wait_healthy(f"{url}/health", proc, args.start_timeout) is not None:
+            return proc, url
+    except ServerExited:
+        sys.exit(f"server exited early:\n{(home / 'server.log').read_text()[-4000:]}")
     proc.kill()
     sys.exit(f"server not healthy after {args.start_timeout} s")
 
@@ -329,11 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(_load(args, url, pid, model))
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 30)
             errors = (args.home / "server.log").read_text(errors="replace").count("Traceback")
         if tmp is not None:
             tmp.cleanup()

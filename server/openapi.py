@@ -152,6 +152,13 @@ def _operation(op: Operation, refs: Refs, defs: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def api_operation_ids(routes: Iterable[BaseRoute]) -> list[str]:
+    """The operation ids of the `/v1` routes: the OpenAI operations pomar serves, by name."""
+    return [
+        r.operation.operation_id for r in documented_routes(routes) if r.path.startswith("/v1/")
+    ]
+
+
 def build_openapi(routes: Iterable[BaseRoute]) -> dict[str, Any]:
     """The whole document (OpenAPI 3.1) for `GET /openapi.json`, built from `routes`.
 

@@ -14,6 +14,10 @@ from live_server import API_KEY
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from server.app import create_app
+from server.openapi import api_operation_ids
+from server.settings import Settings
+
 #: OpenAI's published document (openai/openai-openapi f85dbe2, MIT, see
 #: openai-openapi.LICENSE) trimmed to pomar's operations by scripts/vendor_openai_spec.py
 OPENAI_SPEC = Path(__file__).resolve().parent / "openai-openapi.json"
@@ -31,25 +35,8 @@ FUZZ = settings(
 )
 
 #: OpenAI's operation ids of the operations pomar implements
-OPENAI_OPERATIONS = (
-    "createChatCompletion",
-    "createCompletion",
-    "createEmbedding",
-    "listModels",
-    "retrieveModel",
-    "deleteModel",
-    "createFile",
-    "listFiles",
-    "retrieveFile",
-    "deleteFile",
-    "downloadFile",
-    "createFineTuningJob",
-    "listPaginatedFineTuningJobs",
-    "retrieveFineTuningJob",
-    "cancelFineTuningJob",
-    "listFineTuningEvents",
-    "listFineTuningJobCheckpoints",
-)
+#: OpenAI's operations pomar serves: its documented /v1 routes (server/openapi.py)
+OPENAI_OPERATIONS = tuple(api_operation_ids(create_app(Settings()).routes))
 
 #: request fields whose fuzzed values are capped, so the tiny model answers quickly
 _CAPS = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "best_of": 2}
