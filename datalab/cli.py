@@ -21,6 +21,8 @@ from datalab.config import PipelineConfig
 from datalab.estimate import EstimateConfig, ModelShape, load_model_shape
 
 ResolveModel = Callable[[str], str]
+#: bytes a model folder's weights take as the trainer holds them (pomar's own reckoning)
+WeightsOf = Callable[[Path], int]
 _EXPLICIT = {"goal", "estimate", "lora_targets"}
 
 
@@ -81,12 +83,14 @@ def _config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def _load_model(
-    name: str, resolve_model: ResolveModel | None, err: Console
+    name: str, resolve_model: ResolveModel | None, weights_of: WeightsOf | None, err: Console
 ) -> tuple[Any, ModelShape | None]:
     from chatfmt.tokenizer import load_tokenizer
 
     path = resolve_model(name) if resolve_model is not None else name
     spec = load_model_shape(Path(path)) if Path(path).is_dir() else None
+    if spec is not None and weights_of is not None:
+        spec = spec.model_copy(update={"weights_bytes": weights_of(Path(path))})
     try:
         return load_tokenizer(path), spec
     except Exception as e:  # offline hub id, broken folder: report without token figures
@@ -94,7 +98,9 @@ def _load_model(
         return None, spec
 
 
-def _analyse(args: argparse.Namespace, resolve_model: ResolveModel | None) -> int:
+def _analyse(
+    args: argparse.Namespace, resolve_model: ResolveModel | None, weights_of: WeightsOf | None
+) -> int:
     from datalab.pipeline import check, prepare
     from datalab.render import render_report
 
@@ -107,7 +113,7 @@ def _analyse(args: argparse.Namespace, resolve_model: ResolveModel | None) -> in
     tokenizer, spec = None, None
     if args.model:
         try:
-            tokenizer, spec = _load_model(args.model, resolve_model, err)
+            tokenizer, spec = _load_model(args.model, resolve_model, weights_of, err)
         except Exception as e:  # resolve_model refuses unknown ids
             err.print(f"[red]error:[/] {e}")
             return 2
@@ -151,12 +157,18 @@ def _convert(args: argparse.Namespace) -> int:
     return 0 if result.n_written and not errors else 1
 
 
-def main(argv: list[str], resolve_model: ResolveModel | None = None) -> int:
+def main(
+    argv: list[str],
+    resolve_model: ResolveModel | None = None,
+    weights_of: WeightsOf | None = None,
+) -> int:
     """Run ``pomar data`` with ``argv`` (without the leading ``data``); returns the exit code.
 
     ``resolve_model`` maps the server's model ids to a local folder; without it ``--model``
-    is a local path or a Hugging Face id. Exit codes: 0 ok, 1 the file cannot train (or some
-    records could not convert), 2 usage error.
+    is a local path or a Hugging Face id. ``weights_of`` sizes a model's weights as the
+    trainer holds them; without it the estimate takes parameters x ``--precision``. Exit
+    codes: 0 ok, 1 the file cannot train (or some records could not convert), 2 usage
+    error.
     """
     try:
         args = _parser().parse_args(argv)
@@ -164,7 +176,7 @@ def main(argv: list[str], resolve_model: ResolveModel | None = None) -> int:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     if args.command == "convert":
         return _convert(args)
-    return _analyse(args, resolve_model)
+    return _analyse(args, resolve_model, weights_of)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ class ModelShape(BaseModel):
     intermediate_size: int = Field(gt=0)
     vocab_size: int = Field(gt=0)
     context_length: int | None = None
+    #: bytes the trainer holds the weights in, where the caller knows (pomar passes the
+    #: reckoning its admission and `pomar models info` use); None: parameters x precision
+    weights_bytes: int | None = Field(None, gt=0)
 
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> ModelShape:
@@ -170,7 +173,7 @@ def lora_param_count(spec: ModelShape, cfg: EstimateConfig) -> int:
 
 def estimate_memory(spec: ModelShape, cfg: EstimateConfig, seq_len: int) -> MemoryEstimate:
     """Peak memory of LoRA training at ``seq_len`` tokens per sequence."""
-    weights = spec.n_params * BYTES_PER_WEIGHT[cfg.precision]
+    weights = spec.weights_bytes or spec.n_params * BYTES_PER_WEIGHT[cfg.precision]
     lora = lora_param_count(spec, cfg) * 16
     s, b, h, a = seq_len, cfg.batch_size, spec.hidden_size, spec.n_heads
     act_scale = 2.0 if cfg.precision == "fp32" else 1.0

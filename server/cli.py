@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from server.settings import Settings
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["data"]:
         from datalab.cli import main as data_main
 
-        return data_main(argv[1:], resolve_model=_resolve_model_for_data)
+        return data_main(
+            argv[1:], resolve_model=_resolve_model_for_data, weights_of=_training_weights
+        )
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         from pydantic import ValidationError
@@ -173,6 +176,15 @@ def _reexec_with_openblas(argv: list[str]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, "-m", "server", *argv], env)
+
+
+def _training_weights(path: Path) -> int:
+    """A base's weights as its trainer holds them: the serving estimate's rule
+    (server/models/memory.py), for the trainer `pomar tune` and jobs would use."""
+    from server.models.loading import backend_for, training_backend
+    from server.models.memory import held_weights
+
+    return held_weights(path, training_backend(backend_for("auto", path)))
 
 
 def _resolve_model_for_data(model: str) -> str:

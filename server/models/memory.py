@@ -7,7 +7,9 @@ plus the KV cache in fp16 (layers × 2 × KV heads × head dim × tokens × 2 by
 of the weights for activations and runtime buffers. Admission counts the KV cache at
 `ADMISSION_CONTEXT` tokens (the GGUF engine's first allocation; every engine's cache
 grows on demand), `models info` at the context asked for. The fine-tune estimate
-(`datalab.estimate`) reckons training memory: weights, LoRA state and activations.
+(`datalab.estimate`, through `pomar data check --model`) takes its weights from
+`held_weights` for the trainer the model would use, and adds what training needs on top
+(LoRA state, activations).
 """
 
 from __future__ import annotations

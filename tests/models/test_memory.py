@@ -26,3 +26,32 @@ def test_weights_count_as_the_engine_holds_them(embedded_model_path: Path) -> No
     # MLX on a CPU computes in float32: the bf16 file counts twice
     assert held_weights(embedded_model_path, "mlx") == bf16_on_disk * 2
     assert 0 < gguf < bf16_on_disk  # the Q4_1 file is held as it is
+
+
+def test_the_fine_tune_estimate_counts_weights_as_the_trainer_holds_them(
+    embedded_model_path: Path, pomar_home: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from server.models.loading import backend_for, training_backend
+    from tests.live_server import run_pomar
+
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+            ]
+        }
+        for i in range(12)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = run_pomar(
+        ["data", "check", str(data), "--model", "smollm2-135m-instruct", "--json"], pomar_home
+    )
+    assert done.returncode == 0, done.stderr
+    memory = json.loads(done.stdout)["estimate"]["memory"]
+    trainer = training_backend(backend_for("auto", embedded_model_path))
+    held = held_weights(embedded_model_path, trainer)
+    assert memory["weights_gb"] == pytest.approx(held / 2**30, abs=1e-3)
