@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.live_server import LiveServer, server_environment
+from tests.server.finetune_data import write_training_file
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED = "smollm2-135m-instruct"
@@ -105,17 +106,7 @@ def test_documented_commands_against_a_running_server(
     assert "tiny-gguf" in pomar(runtime_venv, home, "models", "list").stdout
     pomar(runtime_venv, home, "models", "info", "tiny-gguf")
     pomar(runtime_venv, home, "models", "rm", "tiny-gguf")
-    data = tmp_path / "train.jsonl"
-    rows_out = [
-        {
-            "messages": [
-                {"role": "user", "content": f"What is {i} plus {i}?"},
-                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
-            ]
-        }
-        for i in range(12)
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows_out))
+    data = write_training_file(tmp_path / "train.jsonl", n=12)
     check = pomar(runtime_venv, home, "data", "check", str(data), "--model", EMBEDDED)
     assert "12" in check.stdout
     for sub in ("tune", "bench", "serve", "models", "data"):

@@ -35,18 +35,9 @@ def test_the_fine_tune_estimate_counts_weights_as_the_trainer_holds_them(
 
     from server.models.loading import backend_for, training_backend
     from tests.live_server import run_pomar
+    from tests.server.finetune_data import write_training_file
 
-    data = tmp_path / "train.jsonl"
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"What is {i} plus {i}?"},
-                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
-            ]
-        }
-        for i in range(12)
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_training_file(tmp_path / "train.jsonl", n=12)
     done = run_pomar(
         ["data", "check", str(data), "--model", "smollm2-135m-instruct", "--json"], pomar_home
     )
