@@ -52,13 +52,18 @@ def run(args: argparse.Namespace) -> int:
 def gather(settings: Settings, *, check: bool = True) -> dict[str, Any]:
     """Everything the report shows, as plain JSON-able data."""
     model_path, model_error = _model_path(settings)
+    engines = {"gguf": _gguf(), "mlx": _mlx(), "torch": _torch()}
     report: dict[str, Any] = {
         "pomar": _version("pomar"),
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "cpu": _cpu(),
-        "gpu": _gpu(),
-        "engines": {"gguf": _gguf(), "mlx": _mlx(), "torch": _torch()},
+        # what the engines found (MLX's device, torch's CUDA), asked once
+        "gpu": {
+            "metal_or_mlx_gpu": engines["mlx"].get("device") == "gpu",
+            "cuda": bool(engines["torch"].get("cuda")),
+        },
+        "engines": engines,
         "store": _store(settings),
         "memory": _memory(settings, model_path, model_error),
     }
@@ -95,13 +100,6 @@ def _cpu() -> dict[str, Any]:
     }
 
 
-def _gpu() -> dict[str, Any]:
-    from server.models.loading import mlx_device, torch_has_cuda
-
-    device, _ = mlx_device()
-    return {"metal_or_mlx_gpu": device == "gpu", "cuda": torch_has_cuda()}
-
-
 def _gguf() -> dict[str, Any]:
     out: dict[str, Any] = {"version": _version("llama_cpp_python")}
     if out["version"] is None:
@@ -114,7 +112,7 @@ def _gguf() -> dict[str, Any]:
             build=cpu.kind,
             portable=cpu.portable,
             cpu_variant=cpu.variant,
-            variants={n: s for n, s in cpu.scores.items()},
+            variants=dict(cpu.scores),
             system_info=system_info(),
         )
     except Exception as exc:  # report it: the doctor must finish whatever is broken
