@@ -40,12 +40,13 @@ def render(
     *,
     add_generation_prompt: bool,
     template: str | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> str:
     """The conversation as the model reads it.
 
     `messages` are OpenAI-shaped (assistant `tool_calls` with JSON-string arguments,
     `tool` results); `tools` are OpenAI function tools, or None. `template` overrides
-    the tokenizer's own.
+    the tokenizer's own; `variables` are extra template variables (e.g. `enable_thinking`).
 
     Raises:
         TemplateError: the template rejected the conversation.
@@ -54,6 +55,7 @@ def render(
     native = template_takes_tools(chosen)
     turns = render_messages(messages, tools, native=native)
     extra = {"tools": list(tools)} if tools and native else {}
+    extra.update(variables or {})
     try:
         text = tokenizer.apply_chat_template(
             turns,
