@@ -178,7 +178,11 @@ def json_schema_grammar(
     """
     import llguidance
 
+    from server.engine.json_bounds import bounded_schema
+
     schema = strict_schema(schema) if strict else schema
+    # numbers, strings and arrays capped, so a weak model cannot run away in one value
+    schema = bounded_schema(schema, JSON_OPTIONS)
     try:
         text = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except ValueError as exc:
@@ -262,7 +266,13 @@ def strict_schema(schema: Any) -> Any:
 
 
 def _inline_json(schema: dict[str, Any]) -> str:
-    """A schema for Lark's `%json`, with our JSON options (x-guidance is per schema)."""
+    """A schema for Lark's `%json`, with our JSON options (x-guidance is per schema).
+
+    Values are capped as in `json_schema_grammar` (`server.engine.json_bounds`).
+    """
+    from server.engine.json_bounds import bounded_schema
+
+    schema = bounded_schema(schema, JSON_OPTIONS)
     return json.dumps({**schema, "x-guidance": {**JSON_OPTIONS, **schema.get("x-guidance", {})}})
 
 
