@@ -105,6 +105,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
                     max_n=settings.max_n,
                     default_max_tokens=settings.default_max_tokens,
                     max_messages=settings.max_messages,
+                    reasoning_field=settings.reasoning_field,
                 ),
                 completions=CompletionService(max_n=settings.max_n),
                 store=store,

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         description="Largest JSON request body, in bytes (file uploads have max_upload_bytes).",
     )
     max_messages: int = Field(2048, ge=1, description="Most messages one chat request may carry.")
+    reasoning_field: Literal["reasoning_content", "reasoning", "both"] = Field(
+        "reasoning_content",
+        description="Message field of a reasoning model's thinking: reasoning_content "
+        "(DeepSeek, llama.cpp), reasoning (vLLM, OpenRouter) or both.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Browser origins allowed to call the API (CORS); empty: CORS off. "

@@ -94,7 +94,7 @@ def stream_chunks(
 
     Ends early (finish_reason "cancelled") when `should_stop()` turns true.
     """
-    detok = Detokenizer(engine.tokenizer)
+    detok = Detokenizer(engine.tokenizer, params.shown_token_ids)
     matcher = StopMatcher(params.stop)
     tokens = engine.token_stream(prompt_ids, params, should_stop)
     keep = params.top_logprobs is not None

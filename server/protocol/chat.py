@@ -77,8 +77,10 @@ _UNSUPPORTED: dict[str, Any] = {
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
     "web_search_options": lambda v: v is None,
-    "reasoning_effort": lambda v: v is None,
 }
+
+#: OpenAI's `reasoning_effort` values; "none" and "minimal" turn a thinking switch off
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -106,6 +108,8 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    #: honoured by models whose template has a thinking switch (400 for the others)
+    reasoning_effort: ReasoningEffort | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
 
@@ -138,6 +142,12 @@ class ChatCompletionRequest(SamplingRequest):
                 msg["tool_calls"] = [call.model_dump() for call in m.tool_calls]
             if m.tool_call_id is not None:
                 msg["tool_call_id"] = m.tool_call_id
+            reasoning = (m.model_extra or {}).get("reasoning_content") or (
+                m.model_extra or {}
+            ).get("reasoning")
+            if m.role == "assistant" and isinstance(reasoning, str) and reasoning:
+                # earlier reasoning, for templates that show it (Qwen3 in tool loops)
+                msg["reasoning_content"] = reasoning
             out.append(msg)
         return out
 
@@ -156,6 +166,10 @@ class AssistantMessage(OpenAIModel):
     refusal: str | None = None
     #: left out when there are none (OpenAI's schema has no null here)
     tool_calls: list[ToolCall] | None = Field(None, exclude_if=lambda calls: calls is None)
+    #: a reasoning model's thinking, under the name(s) POMAR_REASONING_FIELD picks;
+    #: left out for models that do not reason
+    reasoning_content: str | None = Field(None, exclude_if=lambda text: text is None)
+    reasoning: str | None = Field(None, exclude_if=lambda text: text is None)
 
 
 class TopLogprob(OpenAIModel):
@@ -202,6 +216,9 @@ class Delta(OpenAIModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    #: a piece of reasoning (see `AssistantMessage`); left out when there is none
+    reasoning_content: str | None = Field(None, exclude_if=lambda text: text is None)
+    reasoning: str | None = Field(None, exclude_if=lambda text: text is None)
 
 
 class ChunkChoice(OpenAIModel):

@@ -9,7 +9,7 @@ from dataclasses import replace
 from server.engine.base import GenerationParams
 from server.engine.generation import Chunk, stream_chunks
 from server.models.residency import LoadedModel
-from server.protocol.common import PromptTokensDetails, Usage
+from server.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
 
 Producer = Callable[[Callable[[], bool]], Iterator[tuple[int, Chunk]]]
 
@@ -38,13 +38,17 @@ def choices_producer(
     return produce
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
-    """The `usage` object; `cached_tokens` were read from the engine's prompt cache."""
+def usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0
+) -> Usage:
+    """The `usage` object; `cached_tokens` were read from the engine's prompt cache,
+    `reasoning_tokens` of the completion were a reasoning block."""
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens),
     )
 
 

@@ -9,17 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from chatfmt.tools import (
-    CLOSE_TAG,
-    OPEN_TAG,
-    ArgumentsDelta,
-    CallStart,
-    Event,
-    TextDelta,
-    ToolCallParser,
-    parse_message,
-)
+from chatfmt.toolcalls import CallParser, call_parser, parse_calls
+from chatfmt.tools import ArgumentsDelta, CallStart, Event, TextDelta
 from server.engine.base import Engine
+from server.engine.chatformat import ModelFormat
 from server.engine.constraints import (
     ConstraintFactory,
     Grammar,
@@ -27,8 +20,8 @@ from server.engine.constraints import (
     ToolSpec,
     compiler_for,
     json_schema_grammar,
-    tool_call_grammar,
 )
+from server.engine.output_grammar import Thinking, ToolGrammar, output_grammar
 from server.errors import InvalidRequest
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.tools import (
@@ -41,33 +34,41 @@ from server.protocol.tools import (
 
 
 def build_constraint(
-    request: ChatCompletionRequest, tools: ToolUse | None, engine: Engine
+    request: ChatCompletionRequest,
+    tools: ToolUse | None,
+    engine: Engine,
+    fmt: ModelFormat,
+    thinking: Thinking | None = None,
 ) -> ConstraintFactory | None:
     """The grammar of this request, compiled for the model; None when output is free.
 
     `required` / named tool choices: calls only. `auto`: text (or the JSON answer
     `response_format` asks for) or valid calls. No tools: the response format alone.
+    Calls follow the model's own format (`fmt.tools`); a reasoning model may think first
+    (`thinking`), the constraint applies after its reasoning block.
     """
-    answer = _answer_grammar(request)
-    if tools is None and answer is None:
+    schema, strict = _answer_schema(request)
+    if tools is None and schema is None:
         return None
     param = "response_format" if tools is None else "tools"
     compiler = compiler_for(engine.tokenizer, engine.eos_token_ids, param)
-    if tools is None:
-        assert answer is not None
-        return compiler.compile(answer)
-    if answer is not None and tools.mode == "auto":
-        compiler.compile(answer)  # a bad response_format schema is named as such
-    specs = [ToolSpec(f.name, f.arguments_schema(), bool(f.strict)) for f in tools.callable]
-    schema, strict = _answer_schema(request)
-    grammar = tool_call_grammar(
-        specs,
-        mode=tools.mode,
-        parallel=tools.parallel,
-        open_tag=OPEN_TAG,
-        close_tag=CLOSE_TAG,
-        answer_schema=schema,
+    if schema is not None and (tools is None or tools.mode == "auto"):
+        # a bad response_format schema is named as such
+        answer = compiler.compile(json_schema_grammar(schema, strict=strict))
+        if tools is None and thinking is None:
+            return answer
+    specs = (
+        [ToolSpec(f.name, f.arguments_schema(), bool(f.strict)) for f in tools.callable]
+        if tools
+        else []
+    )
+    calls = ToolGrammar(specs, tools.mode, tools.parallel, fmt.tools) if tools else None
+    grammar = output_grammar(
+        marks=fmt.marks,
+        tools=calls,
+        answer=schema if tools is None or tools.mode == "auto" else None,
         answer_strict=strict,
+        thinking=thinking,
     )
     try:
         return compiler.compile(grammar)
@@ -114,14 +115,17 @@ def finish_reason(reason: str, calls: int) -> str:
     return "tool_calls" if calls and reason == "stop" else reason
 
 
-def message_parts(text: str, tools: ToolUse | None) -> tuple[str | None, list[ToolCall] | None]:
+def message_parts(
+    text: str, tools: ToolUse | None, fmt: ModelFormat
+) -> tuple[str | None, list[ToolCall] | None]:
     """A whole completion's `content` and `tool_calls` (None when it made no call).
 
     With calls, blank text becomes null content, as OpenAI's tool-call messages have.
     """
     if tools is None:
         return text, None
-    parsed = parse_message(text, [f.name for f in tools.callable])
+    auto = tools.mode == "auto"
+    parsed = parse_calls(text, fmt.tools, _names(tools), _schemas(tools), bare_json=auto)
     if not parsed.calls:
         return parsed.content, None
     calls = [
@@ -134,8 +138,10 @@ def message_parts(text: str, tools: ToolUse | None) -> tuple[str | None, list[To
 class ToolCallStream:
     """Turns one choice's streamed text into `content` and `delta.tool_calls` pieces."""
 
-    def __init__(self, tools: ToolUse) -> None:
-        self._parser = ToolCallParser([f.name for f in tools.callable])
+    def __init__(self, tools: ToolUse, fmt: ModelFormat) -> None:
+        self._parser: CallParser = call_parser(
+            fmt.tools, _names(tools), _schemas(tools), bare_json=tools.mode == "auto"
+        )
 
     @property
     def calls(self) -> int:
@@ -149,6 +155,14 @@ class ToolCallStream:
     def finish(self) -> tuple[str | None, list[DeltaToolCall] | None]:
         """What was held back, at the end of the choice."""
         return _deltas(self._parser.finish())
+
+
+def _names(tools: ToolUse) -> list[str]:
+    return [f.name for f in tools.callable]
+
+
+def _schemas(tools: ToolUse) -> dict[str, dict[str, Any]]:
+    return {f.name: f.arguments_schema() for f in tools.callable}
 
 
 def _deltas(events: Sequence[Event]) -> tuple[str | None, list[DeltaToolCall] | None]:
