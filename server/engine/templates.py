@@ -4,13 +4,17 @@ its end-of-turn tokens and its own sampling defaults."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatfmt.template import TemplateError, render, template_of
+from chatfmt.families import Family
+from chatfmt.template import TemplateError, fallback_of, render, template_of
 from chatfmt.tools import template_takes_tools
 from server.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
 
 
 class ChatTemplate:
@@ -19,7 +23,15 @@ class ChatTemplate:
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
         self.template: str = template_of(tokenizer)
-        self.is_fallback = tokenizer.chat_template is None
+        self.is_fallback = not getattr(tokenizer, "chat_template", None)
+        #: the family format standing in for a missing template (None: the model's own)
+        self.family: Family | None = None
+        if self.is_fallback:
+            choice = fallback_of(tokenizer)
+            self.family = choice.family
+            log.info("chat template: %s (none in the model; %s)", choice.family.name, choice.reason)
+        else:
+            log.info("chat template: the model's own")
         #: the template renders `tools` itself
         self.native_tools = template_takes_tools(self.template)
 
@@ -50,7 +62,11 @@ class ChatTemplate:
 
 
 def end_of_turn_ids(tokenizer: Any, model_path: Path) -> frozenset[int]:
-    """Token ids that end a completion: eos, generation_config's eos, and `<|im_end|>`."""
+    """Token ids that end a completion: eos, generation_config's eos, and `<|im_end|>`.
+
+    A tokenizer without a chat template is prompted in its family's format
+    (`chatfmt.template.fallback_of`): that family's end-of-turn tokens end it too.
+    """
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
@@ -59,7 +75,10 @@ def end_of_turn_ids(tokenizer: Any, model_path: Path) -> frozenset[int]:
         eos = json.loads(gen_config.read_text()).get("eos_token_id")
         ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     # a ChatML model that opens a new turn has finished its own
-    for marker in ("<|im_end|>", "<|im_start|>"):
+    markers = ["<|im_end|>", "<|im_start|>"]
+    if not getattr(tokenizer, "chat_template", None):
+        markers += fallback_of(tokenizer).family.end_of_turn
+    for marker in markers:
         token = tokenizer.convert_tokens_to_ids(marker)
         if isinstance(token, int) and token != tokenizer.unk_token_id:
             ids.add(token)
