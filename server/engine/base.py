@@ -30,6 +30,9 @@ class GenerationParams:
     top_logprobs: int | None = None
     #: ids that end this completion besides the engine's eos (e.g. a FIM end token)
     stop_token_ids: frozenset[int] = frozenset()
+    #: special tokens whose text the completion shows (tool-call and reasoning markers,
+    #: which the parsers read); other special tokens are never part of the text
+    shown_token_ids: frozenset[int] = frozenset()
     #: makes a fresh grammar state per completion; None: unconstrained
     constraint: Callable[[], TokenConstraint] | None = None
 
@@ -109,6 +112,18 @@ class Engine(abc.ABC):
         closes the generator; a backend must release its per-request state then.
         A backend may also yield `PAUSE` (no token) to let other streams run first.
         """
+
+    def score(self, prompt_ids: list[int], top: int) -> list[Sampled]:
+        """How likely the model finds each prompt token after the ones before it.
+
+        Returns `len(prompt_ids) - 1` items: item i is `prompt_ids[i + 1]` with its
+        natural-log probability under the raw model distribution (no temperature, bias,
+        penalties or mask) and its `top` best alternatives, best first; the first token
+        has nothing before it to be scored on. Runs on the worker thread, with the
+        adapter `activate_adapter` chose; the caller keeps the prompt within
+        `context_length`. Used by `/v1/completions` with `echo` and `logprobs`.
+        """
+        raise NotImplementedError(f"the {self.backend} engine does not score prompts")
 
     def activate_adapter(self, adapter_dir: Path | None) -> None:
         """Apply this LoRA adapter (None: the bare base) to the next generations.

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from chatfmt.families import Family
 from chatfmt.template import TemplateError, fallback_of, render, template_of
 from chatfmt.tools import template_takes_tools
+from server.engine.chatformat import ModelFormat, model_format
 from server.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -35,18 +37,31 @@ class ChatTemplate:
         #: the template renders `tools` itself
         self.native_tools = template_takes_tools(self.template)
 
+    @cached_property
+    def format(self) -> ModelFormat:
+        """How this model writes tool calls and reasoning (read from template and vocabulary)."""
+        return model_format(self.template, self._tokenizer)
+
     def render(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> str:
         """The prompt text, ending with the assistant's generation prompt.
 
         `messages` are OpenAI-shaped (assistant `tool_calls`, `tool` results); `tools` are
-        OpenAI function tools to offer, or None. Training renders the same way
-        (`chatfmt.template`).
+        OpenAI function tools to offer, or None; `variables` are extra template variables
+        (a thinking switch). Training renders the same way (`chatfmt.template`).
         """
         try:
             return render(
-                self._tokenizer, messages, tools, add_generation_prompt=True, template=self.template
+                self._tokenizer,
+                messages,
+                tools,
+                add_generation_prompt=True,
+                template=self.template,
+                variables=variables,
             )
         except TemplateError as exc:
             raise InvalidRequest(
@@ -54,11 +69,17 @@ class ChatTemplate:
             ) from exc
 
     def encode(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> list[int]:
         """Prompt token ids; the template already holds any special tokens it needs."""
-        ids = self._tokenizer.encode(self.render(messages, tools), add_special_tokens=False)
-        return list(ids)
+        return self.tokenize(self.render(messages, tools, variables))
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids of a rendered prompt."""
+        return list(self._tokenizer.encode(prompt, add_special_tokens=False))
 
 
 def end_of_turn_ids(tokenizer: Any, model_path: Path) -> frozenset[int]:
