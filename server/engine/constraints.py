@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -202,51 +202,6 @@ class ToolSpec:
     strict: bool = False
 
 
-def tool_call_grammar(
-    tools: Sequence[ToolSpec],
-    *,
-    mode: ToolMode,
-    parallel: bool,
-    open_tag: str,
-    close_tag: str,
-    answer_schema: dict[str, Any] | None = None,
-    answer_strict: bool = False,
-) -> Grammar:
-    """Tool calls as `<open_tag>\\n{"name": ..., "arguments": {...}}\\n<close_tag>`.
-
-    `required`: one call (or, with `parallel`, several, one per line) to one of `tools`,
-    with arguments valid for that tool's schema, and nothing else.
-    `auto`: free text — or, given `answer_schema`, a JSON answer — where writing
-    `open_tag` starts a call that must then be valid; without `parallel` nothing may
-    follow the one call.
-    """
-    bodies = " | ".join(f"fn_{i}" for i in range(len(tools)))
-    rules = [f"body: {bodies}"]
-    for i, tool in enumerate(tools):
-        params = strict_schema(tool.parameters) if tool.strict else tool.parameters
-        head = f'{{"name": {json.dumps(tool.name)}, "arguments": '
-        rules.append(f"fn_{i}: {_lit(head)} %json {_inline_json(params)} {_lit('}')}")
-    inner = f'"\\n" body "\\n" {_lit(close_tag)}'
-    more = '("\\n" call)*' if parallel else ""
-    if mode == "required" or answer_schema is not None:
-        rules.append(f"call: {_lit(open_tag)} {inner}")
-        start = f"start: call {more}"
-        if mode == "auto":
-            answer = strict_schema(answer_schema) if answer_strict else answer_schema
-            rules.append(f"answer: %json {_inline_json(answer or {})}")
-            start = f"start: answer | call {more}"
-    else:
-        # a lazy lexeme: any text until the open tag appears, which then must be a call
-        rules.append(f"call_head[lazy]: TEXT {_lit(open_tag)}")
-        rules.append(f"call: call_head {inner}")
-        rules.append(r"TEXT: /(.|\n)*/")
-        start = "start: call* TEXT" if parallel else "start: TEXT | call"
-    text = "\n".join(["%llguidance {}", start, *rules]) + "\n"
-    import llguidance
-
-    return Grammar(llguidance.LLMatcher.grammar_from_lark(text), "tools")
-
-
 def strict_schema(schema: Any) -> Any:
     """A copy of `schema` where objects without `additionalProperties` get `false`."""
     if not isinstance(schema, dict):
@@ -265,7 +220,7 @@ def strict_schema(schema: Any) -> Any:
     return out
 
 
-def _inline_json(schema: dict[str, Any]) -> str:
+def inline_json(schema: dict[str, Any]) -> str:
     """A schema for Lark's `%json`, with our JSON options (x-guidance is per schema).
 
     Values are capped as in `json_schema_grammar` (`server.engine.json_bounds`).
@@ -274,11 +229,6 @@ def _inline_json(schema: dict[str, Any]) -> str:
 
     schema = bounded_schema(schema, JSON_OPTIONS)
     return json.dumps({**schema, "x-guidance": {**JSON_OPTIONS, **schema.get("x-guidance", {})}})
-
-
-def _lit(text: str) -> str:
-    """A Lark string literal (JSON string escapes are valid Lark escapes)."""
-    return json.dumps(text)
 
 
 def _first_line(message: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from chatfmt.reasoning import ReasoningFormat
 from chatfmt.toolcalls import ToolFormat
-from server.engine.constraints import Grammar, ToolMode, ToolSpec, _inline_json, strict_schema
+from server.engine.constraints import Grammar, ToolMode, ToolSpec, inline_json, strict_schema
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def output_grammar(
     rules: list[str] = []
     if answer is not None:
         schema = strict_schema(answer) if answer_strict else answer
-        rules.append(f"answer: %json {_inline_json(schema)}")
+        rules.append(f"answer: %json {inline_json(schema)}")
     if tools is None:
         assert answer is not None, "a grammar needs tools or an answer schema"
         body = "answer"
@@ -138,10 +138,10 @@ def _function_rules(
     if fmt.name == "qwen3_coder":
         return _xml_function_rules(i, name, params)
     if fmt.name == "mistral_args":
-        args = f"%json {_inline_json(params)}"
+        args = f"%json {inline_json(params)}"
         return [f"fn_{i}: {marks(fmt.open)} {_lit(name)} {marks('[ARGS]')} {args}"]
     head = f'{{"name": {json.dumps(name)}, "{fmt.arguments_key}": '
-    return [f"fn_{i}: {_lit(head)} %json {_inline_json(params)} {_lit('}')}"]
+    return [f"fn_{i}: {_lit(head)} %json {inline_json(params)} {_lit('}')}"]
 
 
 def _xml_function_rules(i: int, name: str, params: dict[str, Any]) -> list[str]:
@@ -161,7 +161,7 @@ def _xml_function_rules(i: int, name: str, params: dict[str, Any]) -> list[str]:
             rules.append(f"{rule}_v[lazy]: TEXT {_lit(chr(10) + '</parameter>' + chr(10))}")
             rules.append(f"{rule}: {head} {rule}_v")
         else:
-            value = _inline_json(schema if isinstance(schema, dict) else {})
+            value = inline_json(schema if isinstance(schema, dict) else {})
             rules.append(f"{rule}: {head} %json {value} {_lit(chr(10) + '</parameter>' + chr(10))}")
         parts.append(rule if key in required else f"{rule}?")
     parts.append(_lit("</function>"))

@@ -16,7 +16,8 @@ import pytest
 from pydantic import BaseModel
 from schemas import Add, GetWeather, Person
 
-from chatfmt.tools import CLOSE_TAG, OPEN_TAG, parse_message
+from chatfmt.toolcalls import HERMES
+from chatfmt.tools import parse_message
 from server.engine.base import TokenConstraint
 from server.engine.constraints import (
     ConstraintFactory,
@@ -26,8 +27,8 @@ from server.engine.constraints import (
     json_object_grammar,
     json_schema_grammar,
     strict_schema,
-    tool_call_grammar,
 )
+from server.engine.output_grammar import Marks, ToolGrammar, output_grammar
 from server.errors import InvalidRequest
 
 TOOLS = [
@@ -165,7 +166,9 @@ def test_bad_schemas_are_400s(
 
 
 def tools_grammar(**kw: Any) -> Any:
-    return tool_call_grammar(kw.pop("tools", TOOLS), open_tag=OPEN_TAG, close_tag=CLOSE_TAG, **kw)
+    """The Hermes tool-call grammar with text tags (the tiny vocabulary has no such tokens)."""
+    spec = ToolGrammar(kw.pop("tools", TOOLS), kw.pop("mode"), kw.pop("parallel"), HERMES)
+    return output_grammar(marks=Marks(), tools=spec, **kw)
 
 
 def check_calls(text: str, names: list[str]) -> list[tuple[str, str, str]]:
@@ -220,7 +223,7 @@ def test_auto_with_a_response_format_answers_json_or_calls(
     grammar = tools_grammar(
         mode="auto",
         parallel=False,
-        answer_schema=GetWeather.model_json_schema(),
+        answer=GetWeather.model_json_schema(),
         answer_strict=True,
     )
     factory = compile_(tokenizer, eos, grammar)

@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from chatfmt.toolcalls import ToolFormat
 from server.engine.constraints import (
     ConstraintFactory,
     ToolSpec,
     compiler_for,
     json_object_grammar,
     json_schema_grammar,
-    tool_call_grammar,
 )
 from server.engine.json_bounds import (
     ANY_JSON,
@@ -36,6 +36,7 @@ from server.engine.json_bounds import (
     MAX_STRING_LENGTH,
     bound_schema,
 )
+from server.engine.output_grammar import Marks, ToolGrammar, output_grammar
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # sign, 17 digits, a point, and one token per character at worst on a 768-token vocabulary
@@ -189,9 +190,8 @@ def test_json_mode_and_tool_arguments_are_capped(tokenizer: Any, eos: frozenset[
     assert admits(json_mode, tokenizer, eos, '{"a": [1, {"b": null}]}')
     assert not admits(json_mode, tokenizer, eos, '{"a": ' + "1" * 18 + "}")
     tools = [ToolSpec("f", {"type": "object", "properties": {"n": {"type": "integer"}}})]
-    grammar = tool_call_grammar(
-        tools, mode="required", parallel=False, open_tag="<t>", close_tag="</t>"
-    )
+    tags = ToolFormat("hermes", "<t>", "</t>", ("<t>", "</t>"))
+    grammar = output_grammar(marks=Marks(), tools=ToolGrammar(tools, "required", False, tags))
     calls = compiler.compile(grammar)
     assert admits(calls, tokenizer, eos, '<t>\n{"name": "f", "arguments": {"n": 7}}\n</t>')
     n = "9" * 20
