@@ -21,6 +21,8 @@ class GenerationParams:
     max_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
+    #: sample among the k most likely tokens only (0: no limit)
+    top_k: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     presence_penalty: float = 0.0
@@ -105,7 +107,7 @@ class Engine(abc.ABC):
     ) -> Iterator[Sampled]:
         """Yield sampled tokens one at a time, forever or until `should_stop()`.
 
-        Honours every field of `params` that shapes sampling: temperature, top_p, seed,
+        Honours every field of `params` that shapes sampling: temperature, top_p, top_k, seed,
         penalties, logit_bias, the constraint's mask, and the logprobs it asks for.
 
         The caller stops iterating at eos, a stop string or the token limit, and

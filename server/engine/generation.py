@@ -33,6 +33,8 @@ class Chunk:
     #: prompt tokens served from the engine's prompt cache, on every chunk of the
     #: completion (OpenAI's `usage.prompt_tokens_details.cached_tokens`)
     cached_tokens: int = 0
+    #: on the last chunk of a completion a stop string ended: that string
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class StopMatcher:
         self._stops = stops
         self._hold = max((len(s) for s in stops), default=1) - 1
         self._pending = ""
+        #: the stop string that was found, once one was
+        self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add text; return (text safe to emit, whether a stop string was found)."""
@@ -62,9 +66,10 @@ class StopMatcher:
             return out, False
         # the stop string that completes first wins (earliest end, then earliest start),
         # so the result does not depend on how the text was split into pieces
-        hits = [(i + len(s), i) for s in self._stops if (i := self._pending.find(s)) >= 0]
+        hits = [(i + len(s), i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
         if hits:
-            out = self._pending[: min(hits)[1]]
+            _, start, self.matched = min(hits)
+            out = self._pending[:start]
             self._pending = ""
             return out, True
         keep = self._partial_suffix()
@@ -121,7 +126,7 @@ def stream_chunks(
                 pending.append(sampled)
             text, stopped = matcher.feed(detok.add(sampled.token))
             if stopped:
-                yield Chunk(text, count, "stop", tuple(pending), cached)
+                yield Chunk(text, count, "stop", tuple(pending), cached, matcher.matched)
                 return
             if count >= params.max_tokens:
                 yield Chunk(text + matcher.flush(), count, "length", tuple(pending), cached)

@@ -67,19 +67,33 @@ def log_softmax(scores: Floats) -> Floats:
 
 
 def sample(scores: Floats, params: GenerationParams, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0, else temperature + nucleus sampling."""
+    """Greedy at temperature 0, else temperature + nucleus sampling.
+
+    With `top_k`, only the k most likely ids of the nucleus may be drawn (mlx-lm's order:
+    top_p, then top_k, so the MLX engine samples the same set).
+    """
     if params.temperature == 0:
         return int(np.argmax(scores))
     logits = scores / np.float32(params.temperature)
     weights = np.exp(logits - np.max(logits))  # unnormalized probabilities
-    if params.top_p < 1.0:
-        ids, kept = _nucleus(weights, params.top_p)
+    top_k = params.top_k if 0 < params.top_k < weights.shape[0] else 0
+    if params.top_p < 1.0 or top_k:
+        ids, kept = _nucleus(weights, params.top_p) if params.top_p < 1.0 else _best(weights, top_k)
+        if top_k:
+            kept[top_k:] = 0.0
         # draw in id order, as over the whole vocabulary: llama.cpp's logits for a prompt
         # differ in the last bits between a cold and a reused KV cache, which can swap two
         # near-equal ids in a probability order and, with it, the token a seed draws
         order = np.argsort(ids)
         return int(ids[order][_draw(kept[order], rng)])
     return _draw(weights, rng)
+
+
+def _best(weights: Floats, k: int) -> tuple[npt.NDArray[np.intp], Floats]:
+    """The k ids of highest weight, best first, and their weights."""
+    ids = np.argpartition(-weights, k - 1)[:k]
+    ids = ids[np.argsort(-weights[ids], kind="stable")]
+    return ids, weights[ids].copy()
 
 
 def _nucleus(weights: Floats, top_p: float) -> tuple[npt.NDArray[np.intp], Floats]:

@@ -192,11 +192,17 @@ class ChoiceLogprobs(OpenAIModel):
     refusal: list[TokenLogprob] | None = None
 
 
+#: the stop string that ended a choice: not on the OpenAI wire (OpenAI's `finish_reason`
+#: says "stop" alone), read by the Messages API for its `stop_sequence`
+_MATCHED_STOP = "the stop string that ended the choice (internal, never serialized)"
+
+
 class Choice(OpenAIModel):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
     logprobs: ChoiceLogprobs | None = None
+    stop_sequence: str | None = Field(None, exclude=True, description=_MATCHED_STOP)
 
 
 class ChatCompletion(OpenAIModel):
@@ -226,6 +232,7 @@ class ChunkChoice(OpenAIModel):
     delta: Delta
     finish_reason: FinishReason | None = None
     logprobs: ChoiceLogprobs | None = None
+    stop_sequence: str | None = Field(None, exclude=True, description=_MATCHED_STOP)
 
 
 class ChatCompletionChunk(OpenAIModel):

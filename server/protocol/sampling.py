@@ -26,6 +26,9 @@ class SamplingRequest(BaseModel):
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
+    #: a pomar extension (as vLLM, llama.cpp's server): sample among the k most likely
+    #: tokens (0 or none: no limit); the Messages API's `top_k` arrives here
+    top_k: int | None = Field(None, ge=0)
     n: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     #: OpenAI's range (int64); engines get it as a non-negative int (server/services/sampling.py)

@@ -91,11 +91,8 @@ class ChatService:
                 param="logit_bias",
             )
         tools = request.tool_use()
-        offered = [t.model_dump(exclude_none=True) for t in request.tools or []]
         fmt = model.template.format
-        prompt = model.template.render(
-            request.prompt_messages(), offered if tools else None, _switch(request, fmt)
-        )
+        prompt = self.prompt(request, model)
         prompt_ids = model.template.tokenize(prompt)
         thinking = None
         if fmt.reasoning is not None:
@@ -115,12 +112,23 @@ class ChatService:
         )
         return PreparedChat(request, model, prompt_ids, params, n, tools, fmt, thinking)
 
+    def prompt(self, request: ChatCompletionRequest, model: LoadedModel) -> str:
+        """The text the model reads for this conversation: its template over the messages,
+        the tools it may call and its thinking switch (the Messages API counts its tokens)."""
+        tools = request.tool_use()
+        offered = [t.model_dump(exclude_none=True) for t in request.tools or []]
+        fmt = model.template.format
+        return model.template.render(
+            request.prompt_messages(), offered if tools else None, _switch(request, fmt)
+        )
+
     async def complete(self, chat: PreparedChat) -> ChatCompletion:
         """The whole `chat.completion` object."""
         assert chat.fmt is not None
         answers = [""] * chat.n
         thoughts: list[str | None] = [None] * chat.n
         finish = ["length"] * chat.n
+        stops: list[str | None] = [None] * chat.n
         sampled: list[list[Sampled]] = [[] for _ in range(chat.n)]
         trackers = [ReasoningTracker(chat.thinking) for _ in range(chat.n)]
         completion_tokens = cached = reasoning_tokens = 0
@@ -136,6 +144,7 @@ class ChatService:
                 if chat.thinking is not None:
                     thoughts[index] = (thoughts[index] or "") + thought
                 finish[index] = chunk.finish_reason
+                stops[index] = chunk.stop_sequence
                 completion_tokens += chunk.completion_tokens
                 reasoning_tokens += trackers[index].tokens
                 if index == 0:  # the prompt is counted once, as its first reading found it
@@ -150,6 +159,7 @@ class ChatService:
                     message=AssistantMessage(content=content, tool_calls=calls, **fields),
                     finish_reason=finish_reason(finish[i], len(calls or [])),
                     logprobs=self._choice_logprobs(chat, sampled[i]),
+                    stop_sequence=stops[i],
                 )
             )
         return ChatCompletion(
@@ -210,7 +220,13 @@ class ChatService:
                         [ChunkChoice(index=index, delta=self._delta(thought, text, fragments))]
                     )
                 reason = finish_reason(piece.finish_reason, parser.calls if parser else 0)
-                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=reason)])
+                end = ChunkChoice(
+                    index=index,
+                    delta=Delta(),
+                    finish_reason=reason,
+                    stop_sequence=piece.stop_sequence,
+                )
+                yield chunk([end])
         options = chat.request.stream_options
         if options is not None and options.include_usage:
             yield chunk(

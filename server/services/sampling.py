@@ -29,6 +29,7 @@ def generation_params(
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
+        top_k=request.top_k or 0,
         stop=tuple(stops),
         # one non-negative seed for every engine (numpy's generator refuses negatives)
         seed=None if request.seed is None else request.seed % 2**63,

@@ -121,7 +121,7 @@ class MLXEngine(Engine):
             # last: the mask has the final word on which ids may be sampled
             processors.append(_masker(mx, params.constraint()))
         seed = params.seed if params.seed is not None else random.getrandbits(32)
-        sampler = make_sampler(mx, params.temperature, params.top_p, seed)
+        sampler = make_sampler(mx, params.temperature, params.top_p, seed, params.top_k)
         adapter = job_state().get(_ADAPTER, self._adapter_key)
         sequence = self._scheduler.open(prompt_ids, adapter, sampler, processors, limit)
         cached: int | None = sequence.cached

@@ -15,15 +15,16 @@ Sampler = Callable[[Any], Any]
 _greedy: Sampler | None = None
 
 
-def make_sampler(mx: Any, temperature: float, top_p: float, seed: int) -> Sampler:
+def make_sampler(mx: Any, temperature: float, top_p: float, seed: int, top_k: int = 0) -> Sampler:
     """A sampler of log-probabilities (shape (1, vocab)) with mlx-lm's semantics.
 
     Temperature 0 is greedy; all greedy sequences share one sampler object, which
-    lets mlx-lm's batch sample them in a single call.
+    lets mlx-lm's batch sample them in a single call. `top_k` (0: off) keeps the k most
+    likely ids after top_p, as mlx-lm orders them.
     """
     if temperature == 0:
         return _greedy_sampler(mx)
-    from mlx_lm.sample_utils import apply_top_p
+    from mlx_lm.sample_utils import apply_top_k, apply_top_p
 
     key = mx.random.key(seed & 0xFFFFFFFF)
     scale = 1.0 / temperature
@@ -33,6 +34,8 @@ def make_sampler(mx: Any, temperature: float, top_p: float, seed: int) -> Sample
         key, sub = mx.random.split(key)
         if 0 < top_p < 1.0:
             logprobs = apply_top_p(logprobs, top_p)
+        if 0 < top_k < logprobs.shape[-1]:
+            logprobs = apply_top_k(logprobs, top_k)
         return mx.random.categorical(logprobs * scale, key=sub)
 
     return sample
