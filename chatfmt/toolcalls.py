@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -112,20 +112,23 @@ def call_parser(
     schemas: Mapping[str, dict[str, Any]] | None = None,
     *,
     bare_json: bool = False,
+    custom: Collection[str] = (),
 ) -> CallParser:
     """A fresh parser for one completion in `fmt`, accepting calls to `names`.
 
     `schemas` (function name → parameters schema) types Qwen3-Coder's XML values.
     `bare_json` (for `tool_choice: "auto"`): a turn that is nothing but a JSON call,
     bare or in a code fence, is read as the call (see `BareJsonCalls`).
+    `custom`: the custom tools among `names`, whose calls carry free-form input (see
+    `custom_call_syntax`); their `ArgumentsDelta`s are that input, not JSON.
     """
     parser: CallParser
     if fmt.name == "hermes":
-        parser = ToolCallParser(names)
+        parser = ToolCallParser(names, custom)
     else:
-        parser = BlockParser(fmt, names, schemas or {})
+        parser = BlockParser(fmt, names, schemas or {}, custom)
     if bare_json and fmt.name != "llama3_json":  # Llama 3 calls are bare JSON already
-        parser = BareJsonCalls(parser, names)
+        parser = BareJsonCalls(parser, names, custom)
     return parser
 
 
@@ -136,9 +139,10 @@ def parse_calls(
     schemas: Mapping[str, dict[str, Any]] | None = None,
     *,
     bare_json: bool = False,
+    custom: Collection[str] = (),
 ) -> ParsedMessage:
     """Parse a whole completion in `fmt`."""
-    parser = call_parser(fmt, names, schemas, bare_json=bare_json)
+    parser = call_parser(fmt, names, schemas, bare_json=bare_json, custom=custom)
     parsed = ParsedMessage()
     parsed.add(parser.feed(text))
     parsed.add(parser.finish())
@@ -152,10 +156,15 @@ class BlockParser:
     """
 
     def __init__(
-        self, fmt: ToolFormat, names: Sequence[str], schemas: Mapping[str, dict[str, Any]]
+        self,
+        fmt: ToolFormat,
+        names: Sequence[str],
+        schemas: Mapping[str, dict[str, Any]],
+        custom: Collection[str] = (),
     ) -> None:
         self._fmt = fmt
         self._names = frozenset(names)
+        self._custom = frozenset(custom)
         self._schemas = schemas
         self._pending = ""
         self._block: str | None = None  # the calls' text once they began
@@ -240,6 +249,8 @@ class BlockParser:
 
     def _read_block(self, block: str, events: list[Event]) -> None:
         calls = _READERS[self._fmt.name](block, self._fmt, self._schemas)
+        if calls is not None:
+            calls = _custom_inputs(calls, self._custom)
         if calls is None or not calls or any(name not in self._names for name, _ in calls):
             events.append(TextDelta(block))
             return
@@ -260,9 +271,12 @@ class BareJsonCalls:
     calls when it is one (offered names, object arguments), else given to `inner`.
     """
 
-    def __init__(self, inner: CallParser, names: Sequence[str]) -> None:
+    def __init__(
+        self, inner: CallParser, names: Sequence[str], custom: Collection[str] = ()
+    ) -> None:
         self._inner = inner
         self._names = frozenset(names)
+        self._custom = frozenset(custom)
         self._held: str | None = ""  # None once the turn is known not to be bare JSON
         self._bare = 0
 
@@ -283,6 +297,8 @@ class BareJsonCalls:
         held, self._held = self._held, None
         if held and held.strip():
             calls = _read_bare(held, self._names)
+            if calls:
+                calls = _custom_inputs(calls, self._custom)
             if calls:
                 events: list[Event] = []
                 for name, arguments in calls:
@@ -327,6 +343,75 @@ def _read_bare(text: str, names: frozenset[str]) -> Calls:
 
 
 Calls = list[tuple[str, str]] | None
+
+
+def _custom_inputs(calls: list[tuple[str, str]], custom: frozenset[str]) -> Calls:
+    """Custom tools' calls read as one-string functions, as their raw `input`.
+
+    A custom call whose arguments are not `{"input": <string>}` makes the block text.
+    """
+    out: list[tuple[str, str]] = []
+    for name, arguments in calls:
+        if name in custom:
+            value = json.loads(arguments)
+            if not (isinstance(value, dict) and isinstance(value.get("input"), str)):
+                return None
+            arguments = value["input"]
+        out.append((name, arguments))
+    return out
+
+
+def prompt_tools(tools: Sequence[Mapping[str, Any]], fmt: ToolFormat) -> list[dict[str, Any]]:
+    """Tools as the prompt shows them: function tools as given, a custom tool as a function.
+
+    Chat templates and pomar's tool block describe functions; a custom tool
+    (`{"type": "custom", "custom": {name, description, format}}`) is shown as a function
+    of one string parameter, `input`, its description saying how the call is written
+    in this format (`custom_call_syntax`) and the grammar its input follows.
+    """
+    out: list[dict[str, Any]] = []
+    for tool in tools:
+        if tool.get("type") != "custom":
+            out.append(dict(tool))
+            continue
+        body = tool["custom"]
+        name = body["name"]
+        about = [body.get("description") or "", custom_call_syntax(name, fmt)]
+        grammar = (body.get("format") or {}).get("grammar")
+        if grammar:
+            about.append(
+                f"The input must follow this {grammar['syntax']} grammar:\n{grammar['definition']}"
+            )
+        input_schema = {"type": "string", "description": "The tool's free-form input."}
+        function = {
+            "name": name,
+            "description": "\n\n".join(part for part in about if part),
+            "parameters": {
+                "type": "object",
+                "properties": {"input": input_schema},
+                "required": ["input"],
+            },
+        }
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def custom_call_syntax(name: str, fmt: ToolFormat) -> str:
+    """How a custom tool's call is written in `fmt`, as the tool's description says it.
+
+    Hermes (and pomar's default) writes the input raw, `<function=NAME>\nINPUT\n</function>`
+    inside the call tags; Qwen3-Coder writes it raw as the `input` parameter; the JSON
+    formats (Llama 3, Mistral) as the JSON string `input`.
+    """
+    if fmt.name == "hermes":
+        return (
+            "This is a custom tool: its input is free-form text, not JSON. Call it with "
+            f"the input written raw:\n<tool_call>\n<function={name}>\n"
+            "...the input...\n</function>\n</tool_call>"
+        )
+    if fmt.name == "qwen3_coder":
+        return "This is a custom tool: its `input` parameter is free-form text."
+    return "This is a custom tool: its `input` is free-form text, given as a JSON string."
 
 
 def _read_json_calls(block: str, fmt: ToolFormat, _schemas: Any) -> Calls:

@@ -6,7 +6,17 @@ A call is written as::
     {"name": "get_weather", "arguments": {"city": "Paris"}}
     </tool_call>
 
-one block per call. Models whose chat template takes `tools` get them through the
+one block per call; a custom tool's call (free-form input, see `custom_call_text`) is
+written raw::
+
+    <tool_call>
+    <function=apply_patch>
+    *** Begin Patch
+    ...
+    </function>
+    </tool_call>
+
+Models whose chat template takes `tools` get them through the
 template; for the others the functions are described in a system-prompt block (the
 text Qwen2.5's template uses), earlier calls are written back in the same format and
 tool results go back as a user turn wrapped in `<tool_response>` tags. Decoding is
@@ -19,13 +29,15 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 #: the tags around each call; the grammar puts a newline inside each tag, and between calls
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
+#: a custom tool's raw input sits between `<function=NAME>\n` and `\n</function>`
+CUSTOM_CLOSE = "\n</function>"
 
 _SYSTEM_BLOCK = (
     "# Tools\n\n"
@@ -63,6 +75,17 @@ def call_text(name: str, arguments: str) -> str:
     return f"{OPEN_TAG}\n{body}\n{CLOSE_TAG}"
 
 
+def custom_call_text(name: str, text: str) -> str:
+    """One custom tool call in the default format: its input raw, not JSON."""
+    return f"{OPEN_TAG}\n<function={name}>\n{text}{CUSTOM_CLOSE}\n{CLOSE_TAG}"
+
+
+def _history_call_text(call: Message) -> str:
+    if call.get("type") == "custom":
+        return custom_call_text(call["custom"]["name"], call["custom"]["input"])
+    return call_text(call["function"]["name"], call["function"]["arguments"])
+
+
 def render_messages(
     messages: Sequence[Message], tools: Sequence[Message] | None, *, native: bool
 ) -> list[Message]:
@@ -88,7 +111,7 @@ def render_messages(
         calls = message.get("tool_calls") or []
         if message["role"] == "assistant" and calls:
             parts = [message.get("content") or ""]
-            parts += [call_text(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+            parts += [_history_call_text(c) for c in calls]
             message = {"role": "assistant", "content": "\n".join(p for p in parts if p)}
         out.append({k: v for k, v in message.items() if k in ("role", "content", "name")})
     if results:
@@ -110,6 +133,8 @@ def _hf_messages(messages: Sequence[Message]) -> list[Message]:
         message = dict(message)
         calls = message.get("tool_calls")
         if calls:
+            # a custom call reaches the template as a function of one string, `input`
+            calls = [_as_function_call(c) for c in calls]
             message["tool_calls"] = [
                 {
                     "id": c.get("id"),
@@ -131,6 +156,14 @@ def _hf_messages(messages: Sequence[Message]) -> list[Message]:
             message["content"] = ""
         out.append(message)
     return out
+
+
+def _as_function_call(call: Message) -> Message:
+    if call.get("type") != "custom":
+        return call
+    body = call["custom"]
+    arguments = json.dumps({"input": body["input"]})
+    return {**call, "type": "function", "function": {"name": body["name"], "arguments": arguments}}
 
 
 def _json_or_text(arguments: str) -> Any:
@@ -170,6 +203,7 @@ class ArgumentsDelta:
 Event = TextDelta | CallStart | ArgumentsDelta
 
 _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_.-]*)"\s*,\s*"arguments"\s*:\s*')
+_CUSTOM_HEAD = re.compile(r"\s*<function=([A-Za-z0-9_.-]+)>\n")
 
 
 @dataclass
@@ -181,6 +215,8 @@ class _Call:
     escaped: bool = False
     started: bool = False
     args_done: bool = False
+    #: a custom tool's call: raw input up to `CUSTOM_CLOSE`, not JSON arguments
+    custom: bool = False
 
 
 class ToolCallParser:
@@ -190,10 +226,15 @@ class ToolCallParser:
     the start of the tag). Inside a block, the call is announced as soon as its name
     is known and its arguments stream out piece by piece. A block that does not follow
     the format, or names a function not offered, is given back as plain text.
+
+    `custom` names the custom tools among `names`: their calls are
+    `<function=NAME>\nINPUT\n</function>` blocks, and their `ArgumentsDelta`s carry the
+    raw input (up to the first `\n</function>`).
     """
 
-    def __init__(self, names: Sequence[str]) -> None:
-        self._names = frozenset(names)
+    def __init__(self, names: Sequence[str], custom: Collection[str] = ()) -> None:
+        self._custom = frozenset(custom)
+        self._names = frozenset(names) - self._custom
         self._pending = ""
         self._call: _Call | None = None
         self.calls = 0
@@ -249,14 +290,21 @@ class ToolCallParser:
         call = self._call
         assert call is not None
         if call.index is None:
-            match = _HEAD.match(self._pending)
-            if match is None or match.group(1) not in self._names:
-                return self._give_back(call, events)
+            match = _CUSTOM_HEAD.match(self._pending)
+            if match is not None and match.group(1) in self._custom:
+                call.custom = True
+            else:
+                match = _HEAD.match(self._pending)
+                if match is None or match.group(1) not in self._names:
+                    return self._give_back(call, events)
             call.index = self.calls
             self.calls += 1
             events.append(CallStart(call.index, new_call_id(), match.group(1)))
             self._pending = self._pending[match.end() :]
-        if not call.args_done:
+        if call.custom and not call.args_done:
+            if not self._scan_input(call, events):
+                return False
+        elif not call.args_done:
             skip, used = _scan_arguments(call, self._pending)
             if used > skip:
                 events.append(ArgumentsDelta(call.index, self._pending[skip:used]))
@@ -268,6 +316,22 @@ class ToolCallParser:
             return False
         self._pending = self._pending[at + len(CLOSE_TAG) :]
         self._call = None
+        return True
+
+    def _scan_input(self, call: _Call, events: list[Event]) -> bool:
+        """A custom call's raw input, streamed up to `CUSTOM_CLOSE`; True once it ends."""
+        assert call.index is not None
+        at = self._pending.find(CUSTOM_CLOSE)
+        if at < 0:
+            cut = len(self._pending) - _partial_suffix(self._pending, CUSTOM_CLOSE)
+            if cut:
+                events.append(ArgumentsDelta(call.index, self._pending[:cut]))
+                self._pending = self._pending[cut:]
+            return False
+        if at:
+            events.append(ArgumentsDelta(call.index, self._pending[:at]))
+        self._pending = self._pending[at + len(CUSTOM_CLOSE) :]
+        call.args_done = True
         return True
 
     def _give_back(self, call: _Call, events: list[Event]) -> bool:
@@ -341,9 +405,9 @@ class ParsedMessage:
                 self.calls[event.index] = (cid, name, args + event.text)
 
 
-def parse_message(text: str, names: Sequence[str]) -> ParsedMessage:
+def parse_message(text: str, names: Sequence[str], custom: Collection[str] = ()) -> ParsedMessage:
     """Parse a whole completion."""
-    parser = ToolCallParser(names)
+    parser = ToolCallParser(names, custom)
     parsed = ParsedMessage()
     parsed.add(parser.feed(text))
     parsed.add(parser.finish())

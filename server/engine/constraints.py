@@ -194,12 +194,25 @@ ToolMode = Literal["auto", "required"]
 
 
 @dataclass(frozen=True)
+class CustomInput:
+    """A custom tool's input: free text, or text a Lark grammar or a regex accepts."""
+
+    syntax: Literal["text", "lark", "regex"] = "text"
+    definition: str = ""
+
+
+@dataclass(frozen=True)
 class ToolSpec:
-    """A function the model may call: its name and the JSON schema of its arguments."""
+    """A tool the model may call: its name and the JSON schema of its arguments.
+
+    `custom`: a custom tool, whose call carries free-form input (`parameters` is then
+    the one-string-parameter function the JSON formats write it as).
+    """
 
     name: str
     parameters: dict[str, Any]
     strict: bool = False
+    custom: CustomInput | None = None
 
 
 def strict_schema(schema: Any) -> Any:

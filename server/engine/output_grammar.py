@@ -7,18 +7,38 @@ tokens in the model's vocabulary (Qwen's `<tool_call>`, Mistral's `[TOOL_CALLS]`
 token's text out of ordinary tokens, and the model never writes it that way. Other
 markers are text. Free text is a regex lexeme, which cannot contain a special token; a
 text marker ends free text through a lazy lexeme (the shortest text up to the marker).
+
+A custom tool's input is raw text in the Hermes and Qwen3-Coder formats: its Lark grammar
+(or regex) is a named sub-grammar (`@custom_i`, llguidance's grammar list) between the
+call's opening and `\n</function>` (Qwen3-Coder: `\n</parameter>`); free text is the
+shortest text up to that marker. The JSON formats write the input as the JSON string
+`input`: a regex becomes its `pattern`; a Lark grammar cannot be enforced inside a JSON
+string, so the input is any string there (logged).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatfmt.reasoning import ReasoningFormat
 from chatfmt.toolcalls import ToolFormat
-from server.engine.constraints import Grammar, ToolMode, ToolSpec, inline_json, strict_schema
+from server.engine.constraints import (
+    CustomInput,
+    Grammar,
+    ToolMode,
+    ToolSpec,
+    inline_json,
+    strict_schema,
+)
+
+log = logging.getLogger(__name__)
+
+#: the formats that write a custom tool's input raw (the others: as a JSON string)
+RAW_CUSTOM_FORMATS = frozenset({"hermes", "qwen3_coder"})
 
 
 @dataclass(frozen=True)
@@ -104,7 +124,32 @@ def output_grammar(
     import llguidance
 
     param = "tools" if tools else "response_format"
+    subs = custom_grammars(tools) if tools else []
+    if subs:
+        grammars = [{"lark_grammar": text}, *subs]
+        return Grammar(json.dumps({"grammars": grammars}), param)
     return Grammar(llguidance.LLMatcher.grammar_from_lark(text), param)
+
+
+def custom_grammars(tools: ToolGrammar) -> list[dict[str, Any]]:
+    """The named sub-grammars (`custom_i`) of the custom tools whose input is raw text."""
+    if tools.fmt.name not in RAW_CUSTOM_FORMATS:
+        return []
+    return [
+        {"name": f"custom_{i}", "lark_grammar": custom_lark(tool.custom)}
+        for i, tool in enumerate(tools.tools)
+        if tool.custom is not None and tool.custom.syntax != "text"
+    ]
+
+
+def custom_lark(custom: CustomInput) -> str:
+    """A custom tool's grammar as a Lark grammar (a regex as `start: /.../`)."""
+    if custom.syntax == "lark":
+        return custom.definition
+    import llguidance
+
+    serialized = json.loads(llguidance.LLMatcher.grammar_from_regex(custom.definition))
+    return str(serialized["grammars"][0]["lark_grammar"])
 
 
 def _call_rules(spec: ToolGrammar, marks: Marks) -> list[str]:
@@ -112,6 +157,9 @@ def _call_rules(spec: ToolGrammar, marks: Marks) -> list[str]:
     fmt = spec.fmt
     rules = [f"fn: {' | '.join(f'fn_{i}' for i in range(len(spec.tools)))}"]
     for i, tool in enumerate(spec.tools):
+        if tool.custom is not None:
+            rules += _custom_rules(i, tool, fmt, marks)
+            continue
         params = strict_schema(tool.parameters) if tool.strict else tool.parameters
         rules += _function_rules(i, tool.name, params, fmt, marks)
     if fmt.name in ("hermes", "qwen3_coder"):
@@ -142,6 +190,36 @@ def _function_rules(
         return [f"fn_{i}: {marks(fmt.open)} {_lit(name)} {marks('[ARGS]')} {args}"]
     head = f'{{"name": {json.dumps(name)}, "{fmt.arguments_key}": '
     return [f"fn_{i}: {_lit(head)} %json {inline_json(params)} {_lit('}')}"]
+
+
+def _custom_rules(i: int, tool: ToolSpec, fmt: ToolFormat, marks: Marks) -> list[str]:
+    """A custom tool's call: raw input (Hermes, Qwen3-Coder) or the JSON string `input`."""
+    custom = tool.custom
+    assert custom is not None
+    if fmt.name in RAW_CUSTOM_FORMATS:
+        if fmt.name == "hermes":
+            head, close = f"<function={tool.name}>\n", "\n</function>"
+        else:
+            head, close = f"<function={tool.name}>\n<parameter=input>\n", "\n</parameter>\n"
+        tail = "" if fmt.name == "hermes" else f" {_lit('</function>')}"
+        if custom.syntax == "text":
+            return [
+                f"fn_{i}: {_lit(head)} fn_{i}_input{tail}",
+                f"fn_{i}_input[lazy]: TEXT {_lit(close)}",
+            ]
+        return [f"fn_{i}: {_lit(head)} @custom_{i} {_lit(close)}{tail}"]
+    string: dict[str, Any] = {"type": "string"}
+    if custom.syntax == "regex":
+        string["pattern"] = f"^(?:{custom.definition})$"
+    elif custom.syntax == "lark":
+        log.warning(
+            "custom tool %s: a Lark grammar cannot be enforced inside the %s format's JSON "
+            "string; its input is any string",
+            tool.name,
+            fmt.name,
+        )
+    params = {**tool.parameters, "properties": {"input": string}}
+    return _function_rules(i, tool.name, params, fmt, marks)
 
 
 def _xml_function_rules(i: int, name: str, params: dict[str, Any]) -> list[str]:

@@ -10,10 +10,11 @@ from server.errors import InvalidRequest, UnsupportedParameter
 from server.protocol.common import OpenAIModel, Usage
 from server.protocol.sampling import SamplingRequest
 from server.protocol.tools import (
+    CustomToolCall,
     DeltaToolCall,
-    FunctionTool,
     MessageToolCall,
     ResponseFormat,
+    Tool,
     ToolCall,
     ToolChoice,
     ToolUse,
@@ -104,7 +105,7 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[FunctionTool] | None = None
+    tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -139,7 +140,7 @@ class ChatCompletionRequest(SamplingRequest):
             if m.name:
                 msg["name"] = m.name
             if m.tool_calls:
-                msg["tool_calls"] = [call.model_dump() for call in m.tool_calls]
+                msg["tool_calls"] = [call.prompt_dict() for call in m.tool_calls]
             if m.tool_call_id is not None:
                 msg["tool_call_id"] = m.tool_call_id
             reasoning = (m.model_extra or {}).get("reasoning_content") or (
@@ -165,7 +166,9 @@ class AssistantMessage(OpenAIModel):
     content: str | None
     refusal: str | None = None
     #: left out when there are none (OpenAI's schema has no null here)
-    tool_calls: list[ToolCall] | None = Field(None, exclude_if=lambda calls: calls is None)
+    tool_calls: list[ToolCall | CustomToolCall] | None = Field(
+        None, exclude_if=lambda calls: calls is None
+    )
     #: a reasoning model's thinking, under the name(s) POMAR_REASONING_FIELD picks;
     #: left out for models that do not reason
     reasoning_content: str | None = Field(None, exclude_if=lambda text: text is None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from chatfmt.reasoning import starts_inside
+from chatfmt.toolcalls import prompt_tools
 from server.engine.base import GenerationParams, Sampled
 from server.engine.chatformat import ModelFormat
 from server.engine.output_grammar import Thinking
@@ -116,8 +117,11 @@ class ChatService:
         """The text the model reads for this conversation: its template over the messages,
         the tools it may call and its thinking switch (the Messages API counts its tokens)."""
         tools = request.tool_use()
-        offered = [t.model_dump(exclude_none=True) for t in request.tools or []]
         fmt = model.template.format
+        # a custom tool is shown as a function of one string, its call syntax described
+        offered = prompt_tools(
+            [t.model_dump(exclude_none=True) for t in request.tools or []], fmt.tools
+        )
         return model.template.render(
             request.prompt_messages(), offered if tools else None, _switch(request, fmt)
         )

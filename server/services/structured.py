@@ -15,20 +15,26 @@ from server.engine.base import Engine
 from server.engine.chatformat import ModelFormat
 from server.engine.constraints import (
     ConstraintFactory,
+    CustomInput,
     Grammar,
     GrammarCompiler,
     ToolSpec,
     compiler_for,
     json_schema_grammar,
 )
-from server.engine.output_grammar import Thinking, ToolGrammar, output_grammar
+from server.engine.output_grammar import Thinking, ToolGrammar, custom_lark, output_grammar
 from server.errors import InvalidRequest
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.tools import (
+    CustomCall,
+    CustomDefinition,
+    CustomToolCall,
+    DeltaCustom,
     DeltaFunction,
     DeltaToolCall,
     ToolCall,
     ToolCallFunction,
+    ToolDefinition,
     ToolUse,
 )
 
@@ -57,11 +63,7 @@ def build_constraint(
         answer = compiler.compile(json_schema_grammar(schema, strict=strict))
         if tools is None and thinking is None:
             return answer
-    specs = (
-        [ToolSpec(f.name, f.arguments_schema(), bool(f.strict)) for f in tools.callable]
-        if tools
-        else []
-    )
+    specs = [tool_spec(f) for f in tools.callable] if tools else []
     calls = ToolGrammar(specs, tools.mode, tools.parallel, fmt.tools) if tools else None
     grammar = output_grammar(
         marks=fmt.marks,
@@ -75,6 +77,15 @@ def build_constraint(
     except InvalidRequest:
         _name_bad_tool(compiler, request, specs)
         raise
+
+
+def tool_spec(tool: ToolDefinition) -> ToolSpec:
+    """What the grammar needs of a function or custom tool."""
+    custom = None
+    if isinstance(tool, CustomDefinition):
+        grammar = tool.grammar()
+        custom = CustomInput(grammar.syntax, grammar.definition) if grammar else CustomInput()
+    return ToolSpec(tool.name, tool.arguments_schema(), bool(tool.strict), custom)
 
 
 def _answer_schema(request: ChatCompletionRequest) -> tuple[dict[str, Any] | None, bool]:
@@ -96,9 +107,12 @@ def _answer_grammar(request: ChatCompletionRequest) -> Grammar | None:
 def _name_bad_tool(
     compiler: GrammarCompiler, request: ChatCompletionRequest, specs: Sequence[ToolSpec]
 ) -> None:
-    """Raise a 400 naming the first tool whose parameters schema does not compile."""
-    names = [tool.function.name for tool in request.tools or []]
+    """Raise a 400 naming the first tool whose parameters schema (or grammar) does not compile."""
+    names = [tool.definition.name for tool in request.tools or []]
     for spec in specs:
+        if spec.custom is not None:
+            _check_custom(compiler, spec, names.index(spec.name))
+            continue
         try:
             compiler.compile(json_schema_grammar(spec.parameters, strict=spec.strict))
         except InvalidRequest as exc:
@@ -110,6 +124,21 @@ def _name_bad_tool(
             ) from None
 
 
+def _check_custom(compiler: GrammarCompiler, spec: ToolSpec, i: int) -> None:
+    """A 400 naming `tools[i].custom.format` when the custom tool's grammar does not compile."""
+    custom = spec.custom
+    if custom is None or custom.syntax == "text":
+        return
+    try:
+        compiler.compile(Grammar(custom_lark(custom), f"tools[{i}].custom.format"))
+    except InvalidRequest as exc:
+        raise InvalidRequest(
+            f"Invalid {custom.syntax} grammar for custom tool '{spec.name}': "
+            f"{exc.message.split(': ', 1)[-1]}",
+            param=f"tools[{i}].custom.format",
+        ) from None
+
+
 def finish_reason(reason: str, calls: int) -> str:
     """`tool_calls` when a turn that ended by itself made calls."""
     return "tool_calls" if calls and reason == "stop" else reason
@@ -117,19 +146,24 @@ def finish_reason(reason: str, calls: int) -> str:
 
 def message_parts(
     text: str, tools: ToolUse | None, fmt: ModelFormat
-) -> tuple[str | None, list[ToolCall] | None]:
+) -> tuple[str | None, list[ToolCall | CustomToolCall] | None]:
     """A whole completion's `content` and `tool_calls` (None when it made no call).
 
     With calls, blank text becomes null content, as OpenAI's tool-call messages have.
+    A custom tool's call is a `custom` call carrying its raw `input`.
     """
     if tools is None:
         return text, None
-    auto = tools.mode == "auto"
-    parsed = parse_calls(text, fmt.tools, _names(tools), _schemas(tools), bare_json=auto)
+    auto, custom = tools.mode == "auto", tools.custom_names
+    parsed = parse_calls(
+        text, fmt.tools, _names(tools), _schemas(tools), bare_json=auto, custom=custom
+    )
     if not parsed.calls:
         return parsed.content, None
-    calls = [
-        ToolCall(id=cid, function=ToolCallFunction(name=name, arguments=args))
+    calls: list[ToolCall | CustomToolCall] = [
+        CustomToolCall(id=cid, custom=CustomCall(name=name, input=args))
+        if name in custom
+        else ToolCall(id=cid, function=ToolCallFunction(name=name, arguments=args))
         for cid, name, args in parsed.calls
     ]
     return parsed.content or None, calls
@@ -139,9 +173,15 @@ class ToolCallStream:
     """Turns one choice's streamed text into `content` and `delta.tool_calls` pieces."""
 
     def __init__(self, tools: ToolUse, fmt: ModelFormat) -> None:
+        self._custom = tools.custom_names
         self._parser: CallParser = call_parser(
-            fmt.tools, _names(tools), _schemas(tools), bare_json=tools.mode == "auto"
+            fmt.tools,
+            _names(tools),
+            _schemas(tools),
+            bare_json=tools.mode == "auto",
+            custom=self._custom,
         )
+        self._kinds: dict[int, bool] = {}  # call index -> whether it is a custom call
 
     @property
     def calls(self) -> int:
@@ -150,11 +190,17 @@ class ToolCallStream:
 
     def feed(self, text: str) -> tuple[str | None, list[DeltaToolCall] | None]:
         """The content and tool-call fragments this text completes."""
-        return _deltas(self._parser.feed(text))
+        return self._deltas(self._parser.feed(text))
 
     def finish(self) -> tuple[str | None, list[DeltaToolCall] | None]:
         """What was held back, at the end of the choice."""
-        return _deltas(self._parser.finish())
+        return self._deltas(self._parser.finish())
+
+    def _deltas(self, events: Sequence[Event]) -> tuple[str | None, list[DeltaToolCall] | None]:
+        for event in events:
+            if isinstance(event, CallStart):
+                self._kinds[event.index] = event.name in self._custom
+        return _deltas(events, self._kinds)
 
 
 def _names(tools: ToolUse) -> list[str]:
@@ -165,27 +211,46 @@ def _schemas(tools: ToolUse) -> dict[str, dict[str, Any]]:
     return {f.name: f.arguments_schema() for f in tools.callable}
 
 
-def _deltas(events: Sequence[Event]) -> tuple[str | None, list[DeltaToolCall] | None]:
+def _deltas(
+    events: Sequence[Event], custom: dict[int, bool]
+) -> tuple[str | None, list[DeltaToolCall] | None]:
     """Events as one chunk's content and fragments (one fragment per call touched).
 
     A call's first fragment carries `id`, `type` and the function name with the
     arguments so far (maybe ""), later ones only argument pieces, as OpenAI sends them.
+    A custom call (`custom[index]`) carries `custom` with its name, then `input` pieces.
     """
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     fragments: dict[int, DeltaToolCall] = {}
     for event in events:
         if isinstance(event, CallStart):
-            fragments[event.index] = DeltaToolCall(
-                index=event.index,
-                id=event.id,
-                type="function",
-                function=DeltaFunction(name=event.name, arguments=""),
-            )
+            if custom.get(event.index):
+                fragments[event.index] = DeltaToolCall(
+                    index=event.index,
+                    id=event.id,
+                    type="custom",
+                    custom=DeltaCustom(name=event.name, input=""),
+                )
+            else:
+                fragments[event.index] = DeltaToolCall(
+                    index=event.index,
+                    id=event.id,
+                    type="function",
+                    function=DeltaFunction(name=event.name, arguments=""),
+                )
         elif isinstance(event, ArgumentsDelta):
             fragment = fragments.get(event.index)
             if fragment is None:
-                fragment = DeltaToolCall(index=event.index, function=DeltaFunction(arguments=""))
+                if custom.get(event.index):
+                    fragment = DeltaToolCall(index=event.index, custom=DeltaCustom(input=""))
+                else:
+                    fragment = DeltaToolCall(
+                        index=event.index, function=DeltaFunction(arguments="")
+                    )
                 fragments[event.index] = fragment
-            assert fragment.function is not None
-            fragment.function.arguments = (fragment.function.arguments or "") + event.text
+            if fragment.custom is not None:
+                fragment.custom.input = (fragment.custom.input or "") + event.text
+            else:
+                assert fragment.function is not None
+                fragment.function.arguments = (fragment.function.arguments or "") + event.text
     return (text or None), (list(fragments.values()) or None)

@@ -214,7 +214,25 @@ def test_auto_round_trip_on_the_embedded_model(embedded_server: LiveServer) -> N
             "'f'",
         ),
         ({"tools": [TOOLS[0], TOOLS[0]]}, "tools", "unique"),
-        ({"tools": [{"type": "custom", "custom": {"name": "c"}}]}, "tools[0].type", "function"),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0]", "'function', 'custom'"),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "custom",
+                        "custom": {
+                            "name": "c",
+                            "format": {
+                                "type": "grammar",
+                                "grammar": {"syntax": "lark", "definition": "start: nowhere"},
+                            },
+                        },
+                    }
+                ]
+            },
+            "tools[0].custom.format",
+            "'c'",
+        ),
         ({"functions": [{"name": "f", "parameters": {}}]}, "functions", "not supported"),
     ],
 )
