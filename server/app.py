@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -22,7 +23,7 @@ from server.engine.base import Engine
 from server.engine.embeddings import EmbeddingModel
 from server.engine.templates import ChatTemplate, sampling_defaults
 from server.engine.worker import GenerationWorker
-from server.errors import PomarError, error_envelope
+from server.errors import PomarError, envelope_for, error_envelope
 from server.jobs.runner import JobRunner
 from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from server.models import ModelCatalog
@@ -44,6 +45,7 @@ from server.routes import (
     files,
     fine_tuning,
     health,
+    messages,
     models,
     openapi,
 )
@@ -52,6 +54,7 @@ from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService, serve_embedding_model
 from server.services.files import FileService
 from server.services.fine_tuning import FineTuningService
+from server.services.messages import MessagesService
 from server.services.models import ModelService
 from server.settings import Settings
 from server.store import Store
@@ -71,6 +74,8 @@ class Services:
     files: FileService
     fine_tuning: FineTuningService
     embeddings: EmbeddingService
+    #: Anthropic's Messages API, over `chat`
+    messages: MessagesService
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
@@ -98,20 +103,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             runner = JobRunner(store, registry.base_path, fine_tuned.register)
             runner.start()
             reaper = asyncio.create_task(registry.keep_alive_loop())
+            chat_service = ChatService(
+                max_n=settings.max_n,
+                default_max_tokens=settings.default_max_tokens,
+                max_messages=settings.max_messages,
+                reasoning_field=settings.reasoning_field,
+            )
             app.state.services = Services(
                 registry=registry,
                 models=ModelService(registry, store, embedding),
-                chat=ChatService(
-                    max_n=settings.max_n,
-                    default_max_tokens=settings.default_max_tokens,
-                    max_messages=settings.max_messages,
-                    reasoning_field=settings.reasoning_field,
-                ),
+                chat=chat_service,
                 completions=CompletionService(max_n=settings.max_n),
                 store=store,
                 files=FileService(store.files, max_upload_bytes=settings.max_upload_bytes),
                 fine_tuning=FineTuningService(store, registry, runner),
                 embeddings=EmbeddingService(embedding),
+                messages=MessagesService(chat_service),
             )
             yield
         finally:
@@ -151,6 +158,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             *openapi.routes,
             *models.routes,
             *chat.routes,
+            *messages.routes,
             *completions.routes,
             *embeddings.routes,
             *files.routes,
@@ -262,18 +270,29 @@ def _loaded(model_id: str, engine: Engine, worker: GenerationWorker) -> LoadedMo
     )
 
 
-async def _pomar_error(_request: Request, exc: Exception) -> Response:
+def _error(
+    request: Request,
+    envelope: dict[str, Any],
+    status: int,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """An error answer in the route's wire shape (Anthropic's on the Messages API)."""
+    body = envelope_for(request.url.path, envelope, status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _pomar_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PomarError)
-    return JSONResponse(exc.to_envelope(), status_code=exc.status_code)
+    return _error(request, exc.to_envelope(), exc.status_code)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
     first = exc.errors(include_url=False)[0]
     param = _param_from_loc(first["loc"])
     message = f"Invalid value for '{param}': {first['msg']}" if param else first["msg"]
     envelope = error_envelope(message, "invalid_request_error", param or None, "invalid_value")
-    return JSONResponse(envelope, status_code=400)
+    return _error(request, envelope, 400)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -286,15 +305,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         message, code = str(exc.detail), None
     envelope = error_envelope(message, "invalid_request_error", None, code)
-    return JSONResponse(envelope, status_code=exc.status_code, headers=exc.headers)
+    return _error(request, envelope, exc.status_code, exc.headers)
 
 
-async def _internal_error(_request: Request, exc: Exception) -> Response:
+async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("internal error: %s", type(exc).__name__, exc_info=exc)
     envelope = error_envelope(
         "The server had an error while processing your request.", "server_error"
     )
-    return JSONResponse(envelope, status_code=500)
+    return _error(request, envelope, 500)
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal_error"}

@@ -160,3 +160,38 @@ def error_envelope(
 ) -> dict[str, Any]:
     """Build the one error shape every response uses."""
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+#: the Messages API (Anthropic's wire): its errors take Anthropic's shape
+ANTHROPIC_PATH = "/v1/messages"
+
+#: Anthropic's error type for each status pomar answers
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_route(path: str) -> bool:
+    """Whether `path` is one of the Messages API's (errors in Anthropic's shape)."""
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
+def anthropic_envelope(message: str, status: int) -> dict[str, Any]:
+    """Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`."""
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    kind = _ANTHROPIC_TYPES.get(status, default)
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def envelope_for(path: str, envelope: dict[str, Any], status: int) -> dict[str, Any]:
+    """The error body a route answers: OpenAI's envelope, or Anthropic's on the Messages API."""
+    if not anthropic_route(path):
+        return envelope
+    return anthropic_envelope(str(envelope["error"]["message"]), status)

@@ -1,4 +1,4 @@
-"""Pure ASGI middlewares: the Bearer API-key check on `/v1`, and the request-body cap."""
+"""Pure ASGI middlewares: the API-key check on `/v1`, and the request-body cap."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import AuthenticationFailed, PomarError, RequestTooLarge
+from server.errors import AuthenticationFailed, PomarError, RequestTooLarge, envelope_for
 
 
 class APIKeyMiddleware:
-    """Refuses `/v1/...` requests whose `Authorization: Bearer` key is missing or wrong."""
+    """Refuses `/v1/...` requests whose key is missing or wrong.
+
+    The key comes as `Authorization: Bearer <key>` (OpenAI's clients) or as `x-api-key:
+    <key>` (Anthropic's); either one that matches lets the request through.
+    """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
@@ -24,17 +28,27 @@ class APIKeyMiddleware:
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
-            # constant-time comparison: neither the key nor its length may leak through timing
-            given = hashlib.sha256(token.strip()).digest()
-            if not hmac.compare_digest(given, self._digest) or scheme.lower() != b"bearer":
+            # constant-time comparisons: neither the key nor its length may leak through timing
+            bearer = hmac.compare_digest(self._hash(token), self._digest)
+            bearer = bearer and scheme.lower() == b"bearer"
+            header = hmac.compare_digest(self._hash(headers.get(b"x-api-key")), self._digest)
+            if not (bearer or header):
                 if scope["type"] == "websocket":  # no such routes; refused all the same
                     await send({"type": "websocket.close", "code": 1008})
                     return
                 await _refuse(
-                    send, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'."
+                    send,
+                    "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>' "
+                    "or as 'x-api-key: <key>'.",
+                    scope["path"],
                 )
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _hash(token: bytes | None) -> bytes:
+        # no header at all never matches: its digest is of a byte no key holds
+        return hashlib.sha256(b"\x00" if token is None else token.strip()).digest()
 
 
 class BodyLimitMiddleware:
@@ -56,7 +70,7 @@ class BodyLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         # a length too long to be a number worth reading is over the cap too
         if declared.isdigit() and (len(declared) > 18 or int(declared) > self._max):
-            await _send_error(send, self._too_large())
+            await _send_error(send, self._too_large(), scope["path"])
             return
         received = 0
 
@@ -78,14 +92,16 @@ class BodyLimitMiddleware:
         )
 
 
-async def _refuse(send: Send, message: str) -> None:
-    await _send_error(send, AuthenticationFailed(message), [(b"www-authenticate", b"Bearer")])
+async def _refuse(send: Send, message: str, path: str) -> None:
+    challenge = [(b"www-authenticate", b"Bearer")]
+    await _send_error(send, AuthenticationFailed(message), path, challenge)
 
 
 async def _send_error(
-    send: Send, error: PomarError, extra: list[tuple[bytes, bytes]] | None = None
+    send: Send, error: PomarError, path: str, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = json.dumps(error.to_envelope()).encode()
+    envelope = envelope_for(path, error.to_envelope(), error.status_code)
+    body = json.dumps(envelope).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send(
         {

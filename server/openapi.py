@@ -62,7 +62,7 @@ def _schemas(operations: list[Operation]) -> tuple[Refs, dict[str, Any]]:
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
     for op in operations:
         models += [(m, "validation") for m in (op.request, op.multipart, op.query) if m]
-        models += [(m, "serialization") for m in (op.response, op.stream) if m]
+        models += [(m, "serialization") for m in (op.response, op.stream, op.error) if m]
     refs, top = models_json_schema(list(dict.fromkeys(models)), ref_template=REF)
     return refs, top.get("$defs", {})
 
@@ -117,6 +117,18 @@ def _sse(chunk: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _named_sse(event: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+    """A parsed event of a stream whose events are named by their type (no `[DONE]`)."""
+    payload = {"contentMediaType": "application/json", "contentSchema": {"anyOf": [event, error]}}
+    return {
+        "description": "Server-sent events: each names its type (`event:`) and its `data` is "
+        "that JSON event; an error mid-stream is an `error` event.",
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {"event": {"type": "string"}, "data": {"type": "string", **payload}},
+    }
+
+
 def _operation(op: Operation, refs: Refs, defs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
     if op.description:
@@ -141,14 +153,17 @@ def _operation(op: Operation, refs: Refs, defs: dict[str, Any]) -> dict[str, Any
         content = _json(refs[(op.response, "serialization")])
     else:
         content = {"application/octet-stream": {"schema": _BINARY}} if op.binary else _json({})
+    error = _ERROR if op.error is None else refs[(op.error, "serialization")]
     if op.stream is not None:
-        content["text/event-stream"] = {"schema": _sse(refs[(op.stream, "serialization")])}
+        chunk = refs[(op.stream, "serialization")]
+        sse = _named_sse(chunk, error) if op.named_events else _sse(chunk)
+        content["text/event-stream"] = {"schema": sse}
     out["responses"] = {"200": {"description": "OK", "content": content}}
     if op.public:
         out["security"] = []
     for status, why in _ERROR_STATUSES.items():
         if status == "500" or not op.public:
-            out["responses"][status] = {"description": why, "content": _json(_ERROR)}
+            out["responses"][status] = {"description": why, "content": _json(error)}
     return out
 
 

@@ -6,16 +6,16 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.errors import InvalidRequest, PomarError, error_envelope
+from server.errors import InvalidRequest, PomarError
 
 T = TypeVar("T")
 
@@ -127,41 +127,61 @@ def sse_response(chunks: AsyncIterator[BaseModel], *, exclude_none: bool) -> Res
     shutting down (SIGTERM) stops generating and ends the stream the same way, with a
     `server_shutting_down` error event and `[DONE]`, rather than dropping the connection.
     """
+    return event_stream(
+        chunks,
+        lambda chunk: {"data": chunk.model_dump_json(exclude_none=exclude_none)},
+        lambda error: {"data": json.dumps(error.to_envelope())},
+        last={"data": "[DONE]"},
+    )
+
+
+def event_stream(
+    items: AsyncIterator[T],
+    encode: Callable[[T], dict[str, str]],
+    error: Callable[[PomarError], dict[str, str]],
+    *,
+    last: dict[str, str] | None = None,
+    ping: Callable[[], ServerSentEvent] | None = None,
+) -> Response:
+    """Stream `items` as SSE events (`encode` makes each one's `data`, and `event` if any).
+
+    The shape of a wire's stream, its guarantees shared: an error mid-stream, or the
+    server shutting down (SIGTERM, a `server_shutting_down` error), ends the stream with
+    the event `error` makes of it (internals are logged, never sent), then `last` if
+    given; a client going away stops generation. `ping` makes the keep-alive event sent
+    every 15 s (an SSE comment without it).
+    """
     shutdown = anyio.Event()
 
     async def events() -> AsyncIterator[dict[str, str]]:
         stop: asyncio.Future[Any] = asyncio.ensure_future(shutdown.wait())
-        iterator = aiter(chunks)
+        iterator = aiter(items)
         try:
             while True:
-                chunk = await _next_unless(iterator, stop)
-                if chunk is None:
+                item = await _next_unless(iterator, stop)
+                if item is None:
                     break
-                yield {"data": chunk.model_dump_json(exclude_none=exclude_none)}
+                yield encode(item)
         except _ShuttingDown:
-            envelope = error_envelope(
-                "The server is shutting down; the reply was cut short.",
-                "server_error",
-                None,
-                "server_shutting_down",
-            )
-            yield {"data": json.dumps(envelope)}
+            message = "The server is shutting down; the reply was cut short."
+            yield error(PomarError(message, code="server_shutting_down"))
         except PomarError as exc:
-            yield {"data": json.dumps(exc.to_envelope())}
+            yield error(exc)
         except Exception:
             log.exception("stream failed")
-            envelope = error_envelope("The server had an error while generating.", "server_error")
-            yield {"data": json.dumps(envelope)}
+            yield error(PomarError("The server had an error while generating."))
         finally:
             stop.cancel()
             with anyio.CancelScope(shield=True):  # closes even while being cancelled
                 await _aclose(iterator)
-        yield {"data": "[DONE]"}
+        if last is not None:
+            yield last
 
     return EventSourceResponse(
         events(),
         sep="\n",
         ping=15,
+        ping_message_factory=ping,
         shutdown_event=shutdown,
         shutdown_grace_period=SHUTDOWN_GRACE_S,
     )

@@ -26,7 +26,9 @@ class Operation:
     `request`: the JSON body; `multipart`: a `multipart/form-data` body, these form fields
     plus a `file` part; `query`: the query parameters; `response`: the JSON answer;
     `stream`: the SSE chunk model; `binary`: answers raw bytes; `public`: no key;
-    `path_params`: each path parameter's description, by name.
+    `path_params`: each path parameter's description, by name; `named_events`: each SSE
+    event is named by its type (`event:`) and no `data: [DONE]` ends the stream (Anthropic's
+    wire); `error`: the error body's model (default: OpenAI's envelope).
     """
 
     operation_id: str
@@ -41,6 +43,8 @@ class Operation:
     binary: bool = False
     public: bool = False
     description: str = ""
+    named_events: bool = False
+    error: type[BaseModel] | None = None
 
 
 class ApiRoute(Route):
@@ -76,6 +80,8 @@ def api_route(
     public: bool = False,
     path_params: Mapping[str, str] | None = None,
     description: str = "",
+    named_events: bool = False,
+    error: type[BaseModel] | None = None,
 ) -> ApiRoute:
     """A route for `method` on `path`, documented by the rest (see `Operation`)."""
     operation = Operation(
@@ -91,5 +97,7 @@ def api_route(
         binary=binary,
         public=public,
         description=description,
+        named_events=named_events,
+        error=error,
     )
     return ApiRoute(path, endpoint, method, operation)

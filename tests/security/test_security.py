@@ -122,6 +122,20 @@ def assert_envelope(body: Any) -> dict[str, Any]:
     return dict(body["error"])
 
 
+def assert_anthropic_envelope(body: Any) -> dict[str, Any]:
+    """The Messages API's errors: `{"type": "error", "error": {"type", "message"}}`."""
+    assert isinstance(body, dict) and set(body) == {"type", "error"}, body
+    assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    return dict(body["error"])
+
+
+def assert_error_shape(path: str, body: Any) -> dict[str, Any]:
+    """The error body of `path`'s wire: Anthropic's under /v1/messages, else OpenAI's."""
+    if path.startswith("/v1/messages"):
+        return assert_anthropic_envelope(body)
+    return assert_envelope(body)
+
+
 # -- the API key -------------------------------------------------------------------------
 
 BAD_AUTH: dict[str, dict[str, str]] = {
@@ -132,7 +146,10 @@ BAD_AUTH: dict[str, dict[str, str]] = {
     "empty-bearer": {"Authorization": "Bearer "},
     "no-scheme": {"Authorization": API_KEY},
     "basic": {"Authorization": "Basic " + API_KEY},
-    "x-api-key": {"X-API-Key": API_KEY},
+    "x-api-key-wrong": {"X-API-Key": "x" * len(API_KEY)},
+    "x-api-key-empty": {"x-api-key": ""},
+    "x-api-key-bearer": {"x-api-key": "Bearer " + API_KEY},
+    "x-api-key-wrong-with-bearer-wrong": {"x-api-key": API_KEY[:-1], "Authorization": "Bearer x"},
     "non-ascii": {"Authorization": "Bearer clé-é"},
 }
 
@@ -142,14 +159,20 @@ def test_every_v1_route_requires_the_key(keyed: LiveServer, auth: str) -> None:
     for method, path in V1_ROUTES:
         status, body = raw_request(keyed, method, path, BAD_AUTH[auth])
         assert status == 401, (method, path, status, body[:200])
-        error = assert_envelope(httpx.Response(401, content=body).json())
-        assert error["code"] == "invalid_api_key"
+        error = assert_error_shape(path, httpx.Response(401, content=body).json())
+        if path.startswith("/v1/messages"):
+            assert error["type"] == "authentication_error"
+        else:
+            assert error["code"] == "invalid_api_key"
 
 
 def test_the_key_opens_the_routes_and_health_stays_open(keyed: LiveServer) -> None:
     assert httpx.get(f"{keyed.base_url}/health").status_code == 200
     for method, path in V1_ROUTES:
         status, _ = raw_request(keyed, method, path, {"Authorization": f"Bearer {API_KEY}"})
+        assert status != 401, (method, path)
+        # Anthropic's clients send the key as x-api-key, on every route alike
+        status, _ = raw_request(keyed, method, path, {"x-api-key": API_KEY})
         assert status != 401, (method, path)
     status, _ = raw_request(keyed, "GET", "/v1/models", {"Authorization": f"bearer {API_KEY}"})
     assert status == 200  # the scheme is case-insensitive (RFC 7235)
@@ -212,6 +235,9 @@ def _error_paths(model: str) -> list[tuple[str, str, dict[str, Any] | None]]:
         out.append(("POST", "/v1/chat/completions", {"model": bad_model, "messages": msg}))
         out.append(("POST", "/v1/completions", {"model": bad_model, "prompt": "x"}))
         out.append(("POST", "/v1/embeddings", {"model": bad_model, "input": "x"}))
+        anthropic = {"model": bad_model, "messages": msg, "max_tokens": 1}
+        out.append(("POST", "/v1/messages", anthropic))
+        out.append(("POST", "/v1/messages/count_tokens", {"model": bad_model, "messages": msg}))
         if bad_model not in (".", "/"):  # URL spellings a client normalizes away
             out.append(("GET", f"/v1/models/{bad_model}", None))
             out.append(("DELETE", f"/v1/models/{bad_model}", None))
@@ -247,7 +273,7 @@ def test_errors_carry_no_internals(keyed: LiveServer) -> None:
         for method, path, body in _error_paths(keyed.model):
             r = client.request(method, path, json=body)
             assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text[:300])
-            assert_envelope(r.json())
+            assert_error_shape(path, r.json())
             assert_no_leak(keyed, r)
         for content in [b"{", b'{"a": "\xff"}', b"[" * 50_000, b"9" * 5000]:
             r = client.post("/v1/chat/completions", content=content)
