@@ -111,6 +111,15 @@ class ModelTooLarge(InvalidRequest):
     code = "model_too_large"
 
 
+class ModelNotTrainable(InvalidRequest):
+    """The model cannot be fine-tuned (say a GGUF architecture transformers cannot read)."""
+
+    code = "model_not_trainable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model")
+
+
 class ModelBusy(PomarError):
     """Every model that would have to be unloaded is busy; try again shortly (503)."""
 

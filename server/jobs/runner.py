@@ -121,6 +121,10 @@ class JobRunner:
         # the job records the folder it trains on when it is created
         served = self._base_path(job.model)
         base_path = Path(job.base_model_path) if job.base_model_path else served
+        if served is not None and base_path is not None and not base_path.is_dir():
+            base_path = self._training_copy(job, served)
+            if self._store.jobs.get(job_id).status not in ACTIVE:  # type: ignore[union-attr]
+                return  # cancelled while it was built
         if served is None or base_path is None or not base_path.is_dir():
             raise JobFailed(
                 "server_restarted",
@@ -139,6 +143,19 @@ class JobRunner:
         if self._shutdown.is_set():
             return  # queued: the next start trains it
         self._train(job_id, base_path, data_dir, work / "train", stop)
+
+    def _training_copy(self, job: JobRecord, served: Path) -> Path:
+        """A GGUF base's Hugging Face weights, built in the job (once; models/trainable.py)."""
+        from server.errors import ModelNotTrainable
+        from server.models.trainable import ensure_training_copy
+
+        def event(message: str) -> None:
+            self._store.events.add(job.id, message)
+
+        try:
+            return ensure_training_copy(job.model, served, event)
+        except ModelNotTrainable as exc:
+            raise JobFailed("model_not_trainable", exc.message, "model") from exc
 
     def _train(
         self, job_id: str, base_path: Path, data_dir: Path, out_dir: Path, stop: threading.Event

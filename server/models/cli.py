@@ -88,8 +88,21 @@ def add_parser(sub: Any) -> None:
 
 
 def _quant_args(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--q-bits", type=int, choices=[4, 8], help="quantize to 4 or 8 bits")
+    from server.engine.gguf.quantize import QUANT_TYPES
+
+    c.add_argument(
+        "--q-bits",
+        type=int,
+        choices=[2, 3, 4, 5, 6, 8],
+        help="quantize: MLX to 2-8 bits; GGUF to 8 (Q8_0) or 4 (Q4_0), written without llama.cpp",
+    )
     c.add_argument("--group-size", type=int, default=64, help="quantization group (default 64)")
+    c.add_argument(
+        "--quant",
+        metavar="TYPE",
+        help="a GGUF type made by llama.cpp's quantizer (--to gguf; any case): "
+        + ", ".join(QUANT_TYPES),
+    )
     c.add_argument("--id", dest="new_id", help="id of the new model")
 
 
@@ -192,6 +205,7 @@ def _import(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog)
 
 
 def _convert(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog) -> int:
+    from server.engine.gguf.to_hf import Reporter
     from server.models.convert import convert_model
 
     entry = convert_model(
@@ -202,12 +216,15 @@ def _convert(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog
         group_size=args.group_size,
         new_id=args.new_id,
         dtype=args.dtype,
+        quant=args.quant,
+        report=Reporter(True),
     )
     _added("converted", entry)
     return 0
 
 
 def _export(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog) -> int:
+    from server.engine.gguf.to_hf import Reporter
     from server.models.export import export_model
 
     folder = export_model(
@@ -218,6 +235,8 @@ def _export(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog)
         group_size=args.group_size,
         new_id=args.new_id,
         out=args.out,
+        quant=args.quant,
+        report=Reporter(True),
     )
     print(f"exported {args.ft_id} as {args.to} to {folder}")
     return 0
@@ -308,10 +327,23 @@ def _info(args: argparse.Namespace, settings: Settings, catalog: ModelCatalog) -
         memory.add_row(
             m.precision, human_size(m.weights_bytes), human_size(m.runtime_bytes), verdict
         )
+    gguf = Table(
+        title="as a GGUF (pomar models convert --to gguf --quant TYPE)", title_justify="left"
+    )
+    for name in ("type", "bits/weight", "weights", "to run", "verdict"):
+        gguf.add_column(name, justify="left" if name in ("type", "verdict") else "right")
+    for m in info.gguf_memory:
+        verdict = "[green]fits[/]" if m.fits else "[red]does not fit[/]"
+        bits = f"{m.bits_per_weight:.2f}" if m.bits_per_weight else "-"
+        gguf.add_row(
+            m.precision, bits, human_size(m.weights_bytes), human_size(m.runtime_bytes), verdict
+        )
     console = Console()
     console.print(facts)
     if info.memory:
         console.print(memory)
+    if info.gguf_memory:
+        console.print(gguf)
     for note in info.notes:
         console.print(f"note: {note}", style="dim")
     return 0

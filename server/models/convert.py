@@ -8,9 +8,14 @@ an unquantized MLX one; a GGUF or an already quantized model does not convert ag
   then lossless, and MLX computes in whatever dtype it is given (on a Mac bf16/fp16 halve
   the memory of fp32; on the CPU path fp32 is the fastest, so ask for it there).
 * ``gguf``: `server.engine.gguf.from_hf` writes ``f16`` (default), ``f32`` (``dtype
-  float32``), ``q8_0`` (``q_bits 8``) or ``q4_0`` (``q_bits 4``). The folder keeps the
-  source's config, tokenizer, chat template and generation defaults beside the .gguf (no
-  safetensors), so the GGUF engine takes the exact Hugging Face tokenizer and template.
+  float32``), ``q8_0`` (``q_bits 8``) or ``q4_0`` (``q_bits 4``) itself, without llama.cpp.
+  ``quant`` names any of llama.cpp's types (``Q4_K_M``, ``Q5_K_M``, ``Q6_K``, ``Q8_0``...,
+  `server.engine.gguf.quantize.QUANT_TYPES`): an f16 GGUF is written first, in the new
+  model's folder, and llama.cpp's own quantizer (`llama_model_quantize`) turns it into the
+  type asked for; the f16 file is then removed. A stored GGUF in F32, F16 or BF16 is
+  quantized as it is. The folder keeps the source's config, tokenizer, chat template and
+  generation defaults beside the .gguf (no safetensors), so the GGUF engine takes the exact
+  Hugging Face tokenizer and template.
 
 The new model is built with `ModelCatalog.add`, so a failed conversion leaves nothing.
 """
@@ -21,7 +26,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from server.modelfiles import read_json_object
+from server.engine.gguf.quantize import QUANT_TYPES, SOURCE_TYPES, quant_type
+from server.engine.gguf.to_hf import Reporter
+from server.modelfiles import find_gguf, read_json_object
 from server.models.info import read_safetensors_header
 from server.models.store import (
     MANIFEST,
@@ -55,28 +62,35 @@ def convert_model(
     group_size: int = 64,
     new_id: str | None = None,
     dtype: str | None = None,
+    quant: str | None = None,
+    report: Reporter | None = None,
 ) -> CatalogEntry:
     """Convert the stored model `model_id` to `to` (``mlx`` or ``gguf``) as a new model.
 
     Args:
         catalog: the store to read the source from and add the result to.
-        model_id: a Hugging Face (or unquantized MLX) model in the store, or the embedded id.
+        model_id: a Hugging Face (or unquantized MLX) model in the store, or the embedded
+            id; with `quant`, also a GGUF in F32, F16 or BF16.
         to: ``mlx`` or ``gguf``.
-        q_bits: quantize: 2, 3, 4, 5, 6 or 8 bits for MLX; 8 (Q8_0) or 4 (Q4_0) for GGUF.
+        q_bits: quantize: 2, 3, 4, 5, 6 or 8 bits for MLX; 8 (Q8_0) or 4 (Q4_0) for GGUF,
+            written by pomar's own GGUF writer.
         group_size: MLX quantization group size (32, 64 or 128); GGUF has fixed blocks.
         new_id: the new model's id; default ``<id>-mlx[-q<bits>|-<dtype>]`` or
             ``<id>-gguf-<type>``.
         dtype: the unquantized weights' dtype (``float32``, ``float16``, ``bfloat16``);
             default: the source's (GGUF: f16).
+        quant: a llama.cpp type for ``gguf`` (``Q4_K_M``, ...; any case), made by
+            llama.cpp's quantizer.
+        report: where the steps and llama.cpp's fallbacks are told (default: the log).
 
     Raises:
         CatalogError: bad options, an unknown or unconvertible source, an id taken, or a
             conversion that fails (the message says why).
     """
-    check_options(to, q_bits, group_size, dtype)
-    source = source_entry(catalog, model_id)
-    target_id = validate_id(new_id or default_id(model_id, to, q_bits, dtype))
-    precision = target_precision(source.path, to, q_bits, dtype)
+    quant = check_options(to, q_bits, group_size, dtype, quant)
+    source = source_entry(catalog, model_id, quant)
+    target_id = validate_id(new_id or default_id(model_id, to, q_bits, dtype, quant))
+    precision = target_precision(source.path, to, q_bits, dtype, quant)
 
     def build(folder: Path) -> None:
         build_converted(
@@ -87,6 +101,8 @@ def convert_model(
             group_size=group_size,
             dtype=dtype,
             name=target_id,
+            quant=quant,
+            report=report,
         )
 
     try:
@@ -102,28 +118,53 @@ def convert_model(
         raise CatalogError(f"cannot convert '{model_id}' to {to}: {exc}") from exc
 
 
-def check_options(to: str, q_bits: int | None, group_size: int, dtype: str | None) -> None:
-    """Refuse a target, bit width, group size or dtype the converters do not offer."""
+def check_options(
+    to: str,
+    q_bits: int | None,
+    group_size: int,
+    dtype: str | None,
+    quant: str | None = None,
+) -> str | None:
+    """Refuse a target, bit width, group size, dtype or quantization the converters do not
+    offer; return `quant` as llama.cpp spells it (``q4_k_m`` -> ``Q4_K_M``)."""
     if to not in TARGETS:
         raise CatalogError(f"cannot convert to '{to}': choose one of {', '.join(TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
         raise CatalogError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+    if quant is not None:
+        if to != "gguf":
+            raise CatalogError(
+                "--quant names a GGUF (llama.cpp) type: use --to gguf, or --q-bits for MLX"
+            )
+        if q_bits is not None or dtype is not None:
+            raise CatalogError(
+                "--quant is the whole GGUF type: give it alone, without --q-bits or --dtype"
+            )
+        try:
+            quant = quant_type(quant)
+        except ValueError as exc:
+            raise CatalogError(str(exc)) from exc
     if to == "mlx":
         if q_bits is not None and q_bits not in MLX_BITS:
             raise CatalogError(f"MLX quantizes to {MLX_BITS} bits, not {q_bits}")
         if group_size not in MLX_GROUP_SIZES:
             raise CatalogError(f"MLX quantizes in groups of {MLX_GROUP_SIZES}, not {group_size}")
-        return
+        return None
     if q_bits is not None and q_bits not in GGUF_QUANT:
-        raise CatalogError(f"GGUF quantization here is 8 bits (Q8_0) or 4 (Q4_0), not {q_bits}")
+        raise CatalogError(
+            f"GGUF --q-bits is 8 (Q8_0) or 4 (Q4_0), not {q_bits}; --quant takes every "
+            f"llama.cpp type ({', '.join(QUANT_TYPES)})"
+        )
     if group_size != 64:
-        raise CatalogError("GGUF quantizes in fixed blocks of 32: --group-size is for MLX")
+        raise CatalogError("GGUF quantizes in fixed blocks (32 or 256): --group-size is for MLX")
     if dtype is not None and (q_bits is not None or dtype not in GGUF_FLOAT):
         raise CatalogError("a GGUF is written as float32 or float16, or quantized (no dtype)")
+    return quant
 
 
-def source_entry(catalog: ModelCatalog, model_id: str) -> CatalogEntry:
-    """The stored model to convert: Hugging Face or unquantized MLX (embedded: imported)."""
+def source_entry(catalog: ModelCatalog, model_id: str, quant: str | None = None) -> CatalogEntry:
+    """The stored model to convert: Hugging Face or unquantized MLX (embedded: imported);
+    for a llama.cpp `quant`, also an unquantized (F32, F16, BF16) GGUF."""
     from server.models.embedded import EMBEDDED_MODEL_ID
 
     if model_id == EMBEDDED_MODEL_ID and catalog.get(model_id) is None:
@@ -137,9 +178,16 @@ def source_entry(catalog: ModelCatalog, model_id: str) -> CatalogEntry:
             raise CatalogError(str(exc)) from exc
     entry = catalog.require(model_id)
     if entry.format == "gguf":
+        if quant is not None and entry.precision in SOURCE_TYPES:
+            return entry
+        hint = (
+            f"llama.cpp quantizes an F32, F16 or BF16 GGUF, not a {entry.precision} one"
+            if quant is not None
+            else "a GGUF converts only to another GGUF type, with --quant"
+        )
         raise CatalogError(
-            f"'{model_id}' is a GGUF model: GGUF files do not convert; convert the Hugging "
-            "Face model it came from instead"
+            f"'{model_id}' is a GGUF model: {hint}; convert the Hugging Face model it came "
+            "from instead"
         )
     if is_quantized(entry.path):
         raise CatalogError(
@@ -151,13 +199,16 @@ def source_entry(catalog: ModelCatalog, model_id: str) -> CatalogEntry:
     return entry
 
 
-def default_id(model_id: str, to: str, q_bits: int | None, dtype: str | None) -> str:
-    """``<id>-mlx``, ``<id>-mlx-q4``, ``<id>-mlx-fp16`` (a dtype asked for), ``<id>-gguf-f16``…"""
+def default_id(
+    model_id: str, to: str, q_bits: int | None, dtype: str | None, quant: str | None = None
+) -> str:
+    """``<id>-mlx``, ``<id>-mlx-q4``, ``<id>-mlx-fp16`` (a dtype asked for), ``<id>-gguf-f16``,
+    ``<id>-gguf-q4_k_m``…"""
     if to == "mlx":
         if q_bits is not None:
             return f"{model_id}-mlx-q{q_bits}"
         return f"{model_id}-mlx" + (f"-{_LABELS[dtype]}" if dtype else "")
-    return f"{model_id}-gguf-{gguf_type(q_bits, dtype)}"
+    return f"{model_id}-gguf-{quant.lower() if quant else gguf_type(q_bits, dtype)}"
 
 
 def gguf_type(q_bits: int | None, dtype: str | None) -> str:
@@ -167,10 +218,13 @@ def gguf_type(q_bits: int | None, dtype: str | None) -> str:
     return GGUF_FLOAT[dtype or "float16"]
 
 
-def target_precision(src: Path, to: str, q_bits: int | None, dtype: str | None) -> str:
-    """The catalog's precision label of the result: ``q8``, ``bf16``, ``Q8_0``, ``F16``…"""
+def target_precision(
+    src: Path, to: str, q_bits: int | None, dtype: str | None, quant: str | None = None
+) -> str:
+    """The catalog's precision label of the result: ``q8``, ``bf16``, ``Q8_0``, ``F16``,
+    ``Q4_K_M``…"""
     if to == "gguf":
-        return gguf_type(q_bits, dtype).upper()
+        return quant or gguf_type(q_bits, dtype).upper()
     if to == "mlx" and q_bits is not None:
         return f"q{q_bits}"
     return _LABELS[dtype] if dtype else dense_precision(src)
@@ -190,6 +244,8 @@ def build_converted(
     group_size: int,
     dtype: str | None,
     name: str,
+    quant: str | None = None,
+    report: Reporter | None = None,
 ) -> None:
     """Write the model folder `src` into the existing empty folder `dst` as `to`.
 
@@ -197,12 +253,53 @@ def build_converted(
     """
     if to == "mlx":
         _build_mlx(src, dst, q_bits=q_bits, group_size=group_size, dtype=dtype)
-    else:
-        from server.engine.gguf.from_hf import convert_hf_to_gguf
+        return
+    from server.engine.gguf.from_hf import convert_hf_to_gguf
 
-        copy_side_files(src, dst)
-        file_name = name.rsplit("/", 1)[-1].replace(":", "_") + ".gguf"
-        convert_hf_to_gguf(src, dst / file_name, gguf_type(q_bits, dtype))
+    copy_side_files(src, dst)
+    out = dst / (name.rsplit("/", 1)[-1].replace(":", "_") + ".gguf")
+    if quant is None:
+        convert_hf_to_gguf(src, out, gguf_type(q_bits, dtype))
+        return
+    report = report or Reporter(False)
+    gguf = None if any(src.glob("*.safetensors")) else find_gguf(src)
+    if gguf is None:
+        # llama.cpp quantizes from a GGUF: the f16 one is a step, removed once read
+        gguf = dst / ".f16-for-quantizing.gguf"
+        with report.step("Writing an f16 GGUF for llama.cpp's quantizer", "f16 GGUF written"):
+            convert_hf_to_gguf(src, gguf, "f16")
+    try:
+        _quantize(gguf, out, quant, report)
+    finally:
+        if gguf.parent == dst:
+            gguf.unlink(missing_ok=True)
+
+
+def _quantize(src: Path, out: Path, quant: str, report: Reporter) -> None:
+    """llama.cpp's quantizer, its fallbacks told; no llama-cpp-python is a clear error."""
+    from server.engine.gguf.quantize import quantize_gguf
+
+    with report.step(f"Quantizing to {quant} with llama.cpp", f"quantized to {quant}"):
+        try:
+            result = quantize_gguf(src, out, quant)
+        except ImportError as exc:
+            raise CatalogError(
+                "--quant needs llama.cpp: install pomar with its gguf extra "
+                "(pip install -e '.[gguf]'; ./scripts/serve does), or use --q-bits 8|4"
+            ) from exc
+    if result.fallbacks:
+        bits = f", {result.bits_per_weight:.2f} bits per weight" if result.bits_per_weight else ""
+        report.info(
+            f"note: {result.fallbacks} of {result.tensors} tensors have rows that are not a "
+            "multiple of their type's block (256 values for the K types): llama.cpp gave "
+            f"them {', '.join(result.fallback_types) or 'other types'} instead, so the file "
+            f"is larger than {quant} would be ({human_bytes(out.stat().st_size)}{bits})"
+        )
+
+
+def human_bytes(n: int) -> str:
+    """Bytes as `100.6 MiB`."""
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _build_mlx(

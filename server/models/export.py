@@ -10,8 +10,12 @@ the two compute the same function) and merged with PEFT.
 The fused model is a Hugging Face folder: the base's own config, tokenizer, chat template
 and generation defaults, copied as they are, and ``model.safetensors`` in the base's dtype.
 ``hf`` stops there; ``mlx`` and ``gguf`` convert it further as `server.models.convert`
-does (an MLX folder, or a .gguf beside the tokenizer files) for llama.cpp, Ollama, LM
-Studio or the hub. The result goes into the store (source ``exported``) or to a folder.
+does (an MLX folder, or a .gguf beside the tokenizer files, any llama.cpp type with
+``quant``) for llama.cpp, Ollama, LM Studio or the hub. The result goes into the store
+(source ``exported``) or to a folder.
+
+A fine-tune of a model imported from a GGUF was trained on the Hugging Face weights pomar
+built from that GGUF (`server.models.trainable`): those are the weights it is fused into.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from server.engine.gguf.to_hf import Reporter
 from server.models.convert import (
     build_converted,
     check_options,
@@ -46,6 +51,8 @@ def export_model(
     group_size: int = 64,
     new_id: str | None = None,
     out: Path | None = None,
+    quant: str | None = None,
+    report: Reporter | None = None,
 ) -> Path:
     """Fuse the fine-tuned model `ft_id` of the pomar home `home` and write it as `to`.
 
@@ -58,6 +65,8 @@ def export_model(
         new_id: the id in the store (default from `ft_id`, see `default_export_id`).
         out: write the folder here instead of adding it to the store (it must not exist,
             or be empty).
+        quant: a llama.cpp type for ``gguf`` (``Q4_K_M``, ...), as `convert_model`'s.
+        report: where the steps of a ``quant`` conversion are told (default: the log).
 
     Returns:
         The folder written: the new model's folder in the store, or `out`.
@@ -69,10 +78,10 @@ def export_model(
     if to not in EXPORT_TARGETS:
         raise CatalogError(f"cannot export to '{to}': choose one of {', '.join(EXPORT_TARGETS)}")
     if to == "hf":
-        if q_bits is not None:
+        if q_bits is not None or quant is not None:
             raise CatalogError("a Hugging Face export is not quantized: use --to mlx or gguf")
     else:
-        check_options(to, q_bits, group_size, None)
+        quant = check_options(to, q_bits, group_size, None, quant)
     if new_id is not None and out is not None:
         raise CatalogError("an export goes to the store (with an id) or to --out, not both")
     home = Path(home).expanduser()
@@ -80,9 +89,11 @@ def export_model(
     models_dir = home / "models"
     base = base_folder(record, models_dir)
     adapter = Path(record.adapter_path)
-    target_id = validate_id(new_id or default_export_id(ft_id, to, q_bits))
+    target_id = validate_id(new_id or default_export_id(ft_id, to, q_bits, quant))
     # the fused weights keep the base's dtype
-    precision = dense_precision(base) if to == "hf" else target_precision(base, to, q_bits, None)
+    precision = (
+        dense_precision(base) if to == "hf" else target_precision(base, to, q_bits, None, quant)
+    )
 
     def build(folder: Path) -> None:
         if to == "hf":
@@ -92,7 +103,15 @@ def export_model(
         fused.mkdir()
         fuse_adapter(base, adapter, fused)
         build_converted(
-            fused, folder, to, q_bits=q_bits, group_size=group_size, dtype=None, name=target_id
+            fused,
+            folder,
+            to,
+            q_bits=q_bits,
+            group_size=group_size,
+            dtype=None,
+            name=target_id,
+            quant=quant,
+            report=report,
         )
         shutil.rmtree(fused)
 
@@ -113,15 +132,17 @@ def export_model(
     return entry.path
 
 
-def default_export_id(ft_id: str, to: str, q_bits: int | None) -> str:
+def default_export_id(ft_id: str, to: str, q_bits: int | None, quant: str | None = None) -> str:
     """``ft:tiny:pomar:secret:abcd1234`` -> ``tiny-pomar-secret-abcd1234`` (+ ``-mlx``,
-    ``-mlx-q4``, ``-gguf-f16``, ``-gguf-q8_0`` …; no suffix for ``hf``)."""
+    ``-mlx-q4``, ``-gguf-f16``, ``-gguf-q8_0``, ``-gguf-q4_k_m`` …; no suffix for ``hf``)."""
     stem = "-".join(part for part in ft_id.removeprefix("ft:").split(":") if part)
     stem = stem.replace("/", "-")
     if to == "hf":
         return stem
     if to == "mlx":
         return f"{stem}-mlx" + (f"-q{q_bits}" if q_bits is not None else "")
+    if quant is not None:
+        return f"{stem}-gguf-{quant.lower()}"
     return f"{stem}-gguf-" + {None: "f16", 8: "q8_0", 4: "q4_0"}[q_bits]
 
 
@@ -149,14 +170,17 @@ def fine_tuned_record(home: Path, ft_id: str) -> ModelRecord:
 
 
 def base_folder(record: ModelRecord, models_dir: Path) -> Path:
-    """The Hugging Face folder of the fine-tuned model's base (dense weights)."""
-    from server.errors import ModelLoadError
+    """The Hugging Face folder of the fine-tuned model's base (dense weights): for a GGUF
+    base, the one its fine-tunes trained on (built from the GGUF, once)."""
+    from server.errors import ModelLoadError, ModelNotTrainable
     from server.models.embedded import EmbeddedModelMissing
     from server.models.loading import resolve_model_path
+    from server.models.trainable import ensure_training_copy
 
     try:
         path = resolve_model_path(record.base_model, models_dir)
-    except (ModelLoadError, EmbeddedModelMissing) as exc:
+        path = ensure_training_copy(record.base_model, path, progress=True)
+    except (ModelLoadError, EmbeddedModelMissing, ModelNotTrainable) as exc:
         raise CatalogError(
             f"the base model '{record.base_model}' of '{record.id}' is not available: {exc}"
         ) from exc

@@ -8,7 +8,9 @@ logical count unpacks the former and skips the latter.
 
 Memory for the weights alone, per parameter: FP32 4 bytes, FP16 2 bytes, and for MLX-style
 affine quantization with groups of `group_size` (64) values sharing an fp16 scale and an
-fp16 bias, `bits / 8 + 4 / group_size` bytes — INT8 1.0625, INT4 0.5625. Running the model
+fp16 bias, `bits / 8 + 4 / group_size` bytes — INT8 1.0625, INT4 0.5625. As a GGUF, each
+of llama.cpp's types at its bits per weight / 8 (`server.engine.gguf.quantize.QUANT_BITS`:
+Q8_0 8.5, Q4_K_M 4.84, ...), what `pomar models convert --to gguf --quant` makes. Running the model
 needs more: the KV cache (layers × 2 × KV heads × head dim × tokens × 2 bytes in fp16, at
 `min(context, 8192)` tokens unless another context is asked for) and activations and
 runtime buffers, reckoned here as 10 % of the weights. A precision *fits* when weights +
@@ -26,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ByteSize, TypeAdapter
 
+from server.engine.gguf.quantize import QUANT_BITS
 from server.modelfiles import read_json_object
 from server.models.gguf_meta import read_gguf_meta
 from server.models.importing import detect_format
@@ -56,6 +59,8 @@ class MemoryEstimate(BaseModel):
     """Memory a model needs at one precision, and whether it fits the budget."""
 
     precision: str
+    #: bits per weight of the type (the GGUF types; None for the MLX/torch rows)
+    bits_per_weight: float | None = None
     weights_bytes: int
     #: weights + KV cache + runtime overhead
     runtime_bytes: int
@@ -79,6 +84,8 @@ class ModelInfo(BaseModel):
     kv_context: int | None = None
     budget_bytes: int
     memory: list[MemoryEstimate] = []
+    #: the same as a GGUF of each llama.cpp type (`convert --to gguf --quant TYPE`)
+    gguf_memory: list[MemoryEstimate] = []
     notes: list[str] = []
 
 
@@ -133,16 +140,14 @@ def model_info(
         return info
     kv = info.kv_cache_bytes or 0
     for name, per_param in _BYTES_PER_PARAM.items():
-        weights = math.ceil(info.parameters * per_param)
-        runtime = runtime_bytes(weights, kv)
-        info.memory.append(
-            MemoryEstimate(
-                precision=name, weights_bytes=weights, runtime_bytes=runtime, fits=runtime <= budget
-            )
-        )
+        info.memory.append(_estimate(name, info.parameters * per_param, kv, budget))
+    for name, bits in QUANT_BITS.items():
+        info.gguf_memory.append(_estimate(name, info.parameters * bits / 8, kv, budget, bits))
     info.notes.append(
         "weights: params × 4 (fp32), × 2 (fp16), × (bits/8 + 4/64) for int8/int4 "
-        "(affine groups of 64, fp16 scale + bias)"
+        "(affine groups of 64, fp16 scale + bias); a GGUF type: params × its bits per "
+        "weight / 8 (K-quant mixes as llama.cpp measures them on Llama 2 7B; a model whose "
+        "rows are not a multiple of 256 gets larger K-quant files, see docs/models.md)"
     )
     kv_note = (
         "KV cache unknown"
@@ -151,6 +156,20 @@ def model_info(
     )
     info.notes.append(f"runtime: weights + {kv_note} + 10 % for activations and buffers")
     return info
+
+
+def _estimate(
+    name: str, weights_float: float, kv: int, budget: int, bits: float | None = None
+) -> MemoryEstimate:
+    weights = math.ceil(weights_float)
+    runtime = runtime_bytes(weights, kv)
+    return MemoryEstimate(
+        precision=name,
+        bits_per_weight=bits,
+        weights_bytes=weights,
+        runtime_bytes=runtime,
+        fits=runtime <= budget,
+    )
 
 
 def serving_memory(path: Path, backend: str, context: int = ADMISSION_CONTEXT) -> int:

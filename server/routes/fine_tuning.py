@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,7 +34,9 @@ def _page(request: Request, query: type[JobPageQuery] = JobPageQuery) -> tuple[s
 
 async def create_job(request: Request) -> Response:
     job_request = JobCreateRequest.model_validate(await json_body(request))
-    return json_response(_service(request).create(job_request))
+    # off the event loop: checking a GGUF base's architecture reads its header and imports
+    # transformers' GGUF mapping (about a second the first time)
+    return json_response(await asyncio.to_thread(_service(request).create, job_request))
 
 
 async def list_jobs(request: Request) -> Response:

@@ -10,6 +10,7 @@ from server.errors import InvalidRequest, NotFound
 from server.jobs.runner import JobRunner
 from server.models.loading import training_backend
 from server.models.registry import ModelRegistry
+from server.models.trainable import display_name, training_base
 from server.protocol.fine_tuning import (
     CheckpointList,
     CheckpointMetrics,
@@ -42,7 +43,12 @@ class FineTuningService:
         self._runner = runner
 
     def create(self, request: JobCreateRequest) -> FineTuningJob:
-        """Check the model and files, store the job (`validating_files`) and queue it."""
+        """Check the model and files, store the job (`validating_files`) and queue it.
+
+        A base with no Hugging Face weights (a GGUF) is checked cheaply here, and a 400
+        `model_not_trainable` comes before any job exists; its weights are built in the
+        job, once (`server.models.trainable`).
+        """
         adapter = self._registry.adapter(request.model)
         if adapter is not None:
             raise InvalidRequest(
@@ -52,6 +58,7 @@ class FineTuningService:
                 code="model_not_supported",
             )
         base = self._registry.spec(request.model)
+        trains_on = training_base(request.model, base.path)
         self._check_file(request.training_file, "training_file")
         if request.validation_file:
             self._check_file(request.validation_file, "validation_file")
@@ -67,9 +74,15 @@ class FineTuningService:
             suffix=request.suffix,
             metadata=request.metadata,
             backend=training_backend(base.backend),
-            base_model_path=str(base.path),
+            base_model_path=str(trains_on.folder),
         )
         self._store.events.add(job.id, f"Created fine-tuning job: {job.id}")
+        if not trains_on.ready:
+            self._store.events.add(
+                job.id,
+                f"The base model '{display_name(request.model)}' is a GGUF: its Hugging Face "
+                "weights, which the trainer needs, are built from it first (once).",
+            )
         self._runner.submit(job.id)
         return to_job(job)
 
