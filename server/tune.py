@@ -45,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from finetune.progress import RichProgress
     from finetune.results import plot_loss_curve, write_results_csv
     from finetune.trainer import train
+    from server.errors import ModelNotTrainable
     from server.jobs.hyper import train_config
     from server.jobs.validation import prepare_training_data
     from server.models.loading import resolve_model_path, training_backend
+    from server.models.trainable import ensure_training_copy
 
     console = Console(stderr=True, soft_wrap=True)  # paths stay whole, copy-pasteable
     overrides = {"model": args.model} if args.model else {}
@@ -61,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         backend, why = training_backend("gguf"), "MLX where it runs, else torch"
     console.print(f"[bold]backend[/]: {backend} ({why})")
     base = resolve_model_path(settings.model, settings.models_dir)
+    try:  # an imported GGUF trains on a de-quantized copy, built once
+        base = ensure_training_copy(settings.model, base, progress=True)
+    except ModelNotTrainable as exc:
+        console.print(f"[red]✗[/] {exc}")
+        return 1
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{Path(settings.model).name}-{args.suffix or args.file.stem}-{stamp}"
     out = args.out or settings.home / "tunes" / name
