@@ -48,6 +48,7 @@ from server.routes import (
     messages,
     models,
     openapi,
+    responses,
 )
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
@@ -56,6 +57,7 @@ from server.services.files import FileService
 from server.services.fine_tuning import FineTuningService
 from server.services.messages import MessagesService
 from server.services.models import ModelService
+from server.services.responses import ResponseService
 from server.settings import Settings
 from server.store import Store
 
@@ -76,6 +78,8 @@ class Services:
     embeddings: EmbeddingService
     #: Anthropic's Messages API, over `chat`
     messages: MessagesService
+    #: OpenAI's Responses API, over `chat`
+    responses: ResponseService
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
@@ -119,6 +123,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
                 fine_tuning=FineTuningService(store, registry, runner),
                 embeddings=EmbeddingService(embedding),
                 messages=MessagesService(chat_service),
+                responses=ResponseService(chat_service, store.responses),
             )
             yield
         finally:
@@ -158,6 +163,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             *openapi.routes,
             *models.routes,
             *chat.routes,
+            *responses.routes,
             *messages.routes,
             *completions.routes,
             *embeddings.routes,

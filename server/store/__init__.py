@@ -8,6 +8,7 @@
     store.events       EventRepository      job events
     store.checkpoints  CheckpointRepository job checkpoints
     store.models       ModelRepository      registered `ft:` models
+    store.responses    ResponseRepository   stored `/v1/responses` answers
 
 Safe to share between the event loop and worker threads (see `server.store.db`).
 """
@@ -37,6 +38,7 @@ from server.store.jobs import (
     JobStatus,
 )
 from server.store.models import ModelRecord, ModelRepository
+from server.store.responses import ResponseRecord, ResponseRepository
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -60,6 +62,8 @@ __all__ = [
     "Order",
     "Page",
     "Recovery",
+    "ResponseRecord",
+    "ResponseRepository",
     "Store",
     "StoreError",
     "UnknownCursor",
@@ -81,6 +85,7 @@ class Store:
     events: EventRepository
     checkpoints: CheckpointRepository
     models: ModelRepository
+    responses: ResponseRepository
 
     @classmethod
     def open(cls, home: Path) -> Store:
@@ -98,6 +103,7 @@ class Store:
             events=EventRepository(db),
             checkpoints=CheckpointRepository(db),
             models=ModelRepository(db),
+            responses=ResponseRepository(db),
         )
 
     def recover(self) -> Recovery:

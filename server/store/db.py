@@ -127,6 +127,18 @@ MIGRATIONS: tuple[str, ...] = (
         deleted_at INTEGER
     );
     """,
+    # stored responses of /v1/responses: the response object and its own input items
+    """
+    CREATE TABLE responses (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        previous_response_id TEXT,
+        response TEXT NOT NULL,
+        input_items TEXT NOT NULL
+    );
+    """,
 )
 
 

@@ -39,8 +39,14 @@ FUZZ = settings(
 OPENAI_OPERATIONS = tuple(api_operation_ids(create_app(Settings()).routes))
 
 #: request fields whose fuzzed values are capped, so the tiny model answers quickly
-_CAPS = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "best_of": 2}
-_GENERATION_PATHS = ("/chat/completions", "/completions", "/embeddings")
+_CAPS = {
+    "max_tokens": 4,
+    "max_completion_tokens": 4,
+    "max_output_tokens": 4,
+    "n": 2,
+    "best_of": 2,
+}
+_GENERATION_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
 
 
 def sse_event_schema(chunk_ref: str) -> dict[str, Any]:
@@ -66,6 +72,19 @@ def sse_event_schema(chunk_ref: str) -> dict[str, Any]:
     }
 
 
+def named_sse_event_schema(event_ref: str) -> dict[str, Any]:
+    """A `text/event-stream` schema over parsed events named by their type (the Responses
+    API's: `event: response.created`, `data: {...}`, no `[DONE]`)."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"contentMediaType": "application/json", "contentSchema": {"$ref": event_ref}},
+        },
+    }
+
+
 @cache
 def _openai_spec() -> dict[str, Any]:
     spec: dict[str, Any] = json.loads(OPENAI_SPEC.read_text())
@@ -79,6 +98,14 @@ def _openai_spec() -> dict[str, Any]:
     legacy["text/event-stream"] = {
         "schema": sse_event_schema("#/components/schemas/CreateCompletionResponse")
     }
+    responses = spec["paths"]["/responses"]["post"]["responses"]["200"]["content"]
+    responses["text/event-stream"] = {
+        "schema": named_sse_event_schema("#/components/schemas/ResponseStreamEvent")
+    }
+    # OpenAI documents a deleted response's 404 as a bare `Error`; its API (and pomar)
+    # answer the error envelope every other 404 has
+    gone = spec["paths"]["/responses/{response_id}"]["delete"]["responses"]["404"]
+    gone["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/ErrorResponse"}
     # pomar deliberately answers an empty page of files with null first_id / last_id (its
     # document says so): OpenAI's schema wants strings, and there is no id to give.
     page = spec["components"]["schemas"]["ListFilesResponse"]["properties"]

@@ -1,0 +1,890 @@
+"""OpenAI's Responses API over the chat service: one conversation core, another wire.
+
+A Responses request becomes the chat service's own request (`ChatCompletionRequest`,
+built here): `instructions` a system message, input items messages (`function_call` /
+`custom_tool_call` items an assistant's `tool_calls`, their outputs `tool` messages,
+`reasoning` items the next assistant turn's `reasoning_content`), flat `function` and
+`custom` tools the chat's tools, `text.format` its `response_format`, `reasoning.effort`
+its `reasoning_effort`, `max_output_tokens` its `max_completion_tokens`. A stored chain
+(`previous_response_id`) is replayed first: the earlier responses' inputs and outputs,
+oldest first, so the prompt starts as the previous one did and the engine's prompt cache
+serves that part. `ChatService` does all the work (template, tool grammars, reasoning,
+logprobs, prompt cache, usage, errors); its chunks become Responses output items and
+stream events. A request that does not stream runs the same stream and returns its last
+`response`, so the JSON answer and a stream's final response are one and the same.
+
+Hosted tools (`web_search`, `file_search`, `code_interpreter`, `image_generation`,
+`computer_use_preview`, `mcp`, `local_shell`, namespaces, ...) only OpenAI's cloud runs:
+they are left out of the prompt, listed in the response's `pomar_unserved_tools` and
+logged; a `tool_choice` that names one is a 400.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from server.errors import InvalidRequest, NotFound, PomarError
+from server.models.residency import LoadedModel
+from server.protocol.chat import ChatCompletionChunk, ChatCompletionRequest, ChoiceLogprobs
+from server.protocol.responses import (
+    ArgumentsDeltaEvent,
+    ArgumentsDoneEvent,
+    ContentPartEvent,
+    CustomInputDeltaEvent,
+    CustomInputDoneEvent,
+    CustomToolCall,
+    CustomToolCallItem,
+    CustomToolCallOutputItem,
+    CustomToolParam,
+    ErrorEvent,
+    FunctionCall,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionToolParam,
+    HostedToolParam,
+    IncompleteDetails,
+    InputItemList,
+    InputItemsQuery,
+    InputTokensDetails,
+    Logprob,
+    MessageItem,
+    OutputItem,
+    OutputItemEvent,
+    OutputMessage,
+    OutputText,
+    OutputTokensDetails,
+    ReasoningDeltaEvent,
+    ReasoningDoneEvent,
+    ReasoningInputItem,
+    ReasoningItem,
+    ReasoningOut,
+    ReasoningText,
+    Response,
+    ResponseCreateRequest,
+    ResponseError,
+    ResponseLifecycleEvent,
+    ResponseUsage,
+    TextDeltaEvent,
+    TextDoneEvent,
+    TextFormatOut,
+    TextOut,
+    TopLogprob,
+    UnservedTool,
+)
+from server.services.chat import ChatService, PreparedChat
+from server.store.responses import ResponseRecord, ResponseRepository
+
+log = logging.getLogger(__name__)
+
+#: tool_choice types that name a hosted tool (400: pomar cannot call them)
+_CHAT_CHOICES = ("function", "custom", "allowed_tools")
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+class ResponseNotFound(NotFound):
+    """An unknown (or unstored, or deleted) response id; `param` says where it came from."""
+
+    def __init__(self, response_id: str, param: str | None = None) -> None:
+        super().__init__(f"Response with id '{response_id}' not found.", param=param)
+
+
+@dataclass
+class EventCounter:
+    """The stream's `sequence_number`s, shared with the route's error event."""
+
+    value: int = 0
+
+    def next(self) -> int:
+        number = self.value
+        self.value += 1
+        return number
+
+
+@dataclass
+class ResponseTurn:
+    """A validated Responses request, converted, before a model is leased."""
+
+    request: ResponseCreateRequest
+    #: the chat service's request (without sampling limits that depend on the model)
+    chat: dict[str, Any]
+    #: this request's own input items, ids assigned (stored with the response)
+    input_items: list[dict[str, Any]]
+    #: tools left out of the prompt
+    unserved: list[UnservedTool]
+    #: index in the request's `tools` of each tool given to the chat service
+    tool_index: list[int]
+    #: where the replayed chain ends in `chat["messages"]` (truncation never cuts the
+    #: instructions)
+    system_count: int
+    id: str = field(default_factory=lambda: _id("resp"))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    events: EventCounter = field(default_factory=EventCounter)
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.request.stream)
+
+
+@dataclass(frozen=True)
+class PreparedResponse:
+    turn: ResponseTurn
+    chat: PreparedChat
+
+
+class ResponseService:
+    """`/v1/responses`: create (JSON or stream), retrieve, delete, input items."""
+
+    def __init__(self, chat: ChatService, store: ResponseRepository) -> None:
+        self._chat = chat
+        self._store = store
+
+    # -- create -------------------------------------------------------------------------
+
+    def turn(self, request: ResponseCreateRequest) -> ResponseTurn:
+        """Convert the request, replaying its stored chain (404 for an unknown id)."""
+        messages: list[dict[str, Any]] = []
+        if request.instructions:
+            messages.append({"role": "system", "content": request.instructions})
+        system_count = len(messages)
+        if request.previous_response_id is not None:
+            chain = self._store.chain(request.previous_response_id)
+            if chain is None:
+                raise ResponseNotFound(request.previous_response_id, "previous_response_id")
+            for record in chain:
+                _add_items(messages, record.input_items, "previous_response_id")
+                _add_items(messages, record.response.get("output") or [], "previous_response_id")
+        items = _input_items(request)
+        _add_items(messages, items, "input")
+        if len(messages) == 0:
+            raise InvalidRequest("The request has no input.", param="input")
+        tools, unserved, tool_index = _tools(request)
+        chat: dict[str, Any] = {"model": request.model, "messages": messages}
+        if tools:
+            chat["tools"] = tools
+        choice = _tool_choice(request, tools)
+        if choice is not None:
+            chat["tool_choice"] = choice
+        if request.parallel_tool_calls is not None and tools:
+            chat["parallel_tool_calls"] = request.parallel_tool_calls
+        fmt = request.text.format if request.text else None
+        if fmt is not None and fmt.type != "text":
+            if fmt.type == "json_object":
+                chat["response_format"] = {"type": "json_object"}
+            else:
+                spec = {"name": fmt.name, "schema": fmt.schema_, "strict": fmt.strict}
+                if fmt.description:
+                    spec["description"] = fmt.description
+                chat["response_format"] = {"type": "json_schema", "json_schema": spec}
+        if request.reasoning is not None and request.reasoning.effort is not None:
+            chat["reasoning_effort"] = request.reasoning.effort
+        if request.max_output_tokens is not None:
+            chat["max_completion_tokens"] = request.max_output_tokens
+        for name in ("temperature", "top_p", "user"):
+            if getattr(request, name) is not None:
+                chat[name] = getattr(request, name)
+        if request.logprobs:
+            chat["logprobs"] = True
+            chat["top_logprobs"] = request.top_logprobs or 0
+        # one path for JSON and SSE answers: the chat service's stream, usage last
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+        for tool in unserved:
+            log.info(
+                "response: tool %d (%s%s) left out of the prompt: only OpenAI's cloud runs it",
+                tool.index,
+                tool.type,
+                f" {tool.name}" if tool.name else "",
+            )
+        return ResponseTurn(request, chat, items, unserved, tool_index, system_count)
+
+    def prepare(self, turn: ResponseTurn, model: LoadedModel) -> PreparedResponse:
+        """The chat service's checks on the leased model; errors name the Responses field.
+
+        With `truncation: "auto"`, a conversation over the model's context loses its
+        oldest turns (never the instructions, nor the last item) until it fits.
+        """
+        messages = list(turn.chat["messages"])
+        while True:
+            try:
+                chat = _chat_request({**turn.chat, "messages": messages})
+                return PreparedResponse(turn, self._chat.prepare(chat, model))
+            except InvalidRequest as exc:
+                overflow = exc.code == "context_length_exceeded"
+                if overflow and turn.request.truncation == "auto":
+                    shorter = _drop_oldest(messages, turn.system_count)
+                    if shorter is not None:
+                        messages = shorter
+                        continue
+                raise _renamed(exc, turn) from None
+
+    def stream(self, prepared: PreparedResponse) -> AsyncIterator[BaseModel]:
+        """The Responses stream events (`response.created` ... `response.completed`); an
+        error while generating is an `error` event, then `response.failed`."""
+        return _Stream(self._chat, self._store, prepared).events()
+
+    async def complete(self, prepared: PreparedResponse) -> Response:
+        """The whole response: the stream's last `response` (the same translation); an
+        error while generating is raised (the failed response is stored)."""
+        final: Response | None = None
+        async for event in _Stream(self._chat, self._store, prepared).events(raises=True):
+            if isinstance(event, ResponseLifecycleEvent):
+                final = event.response
+        assert final is not None
+        return final
+
+    def error_event(self, turn: ResponseTurn, error: PomarError) -> dict[str, str]:
+        """An `error` event for an error the stream itself could not report (shutdown)."""
+        event = ErrorEvent(
+            sequence_number=turn.events.next(),
+            code=error.code or error.error_type,
+            message=error.message,
+            param=error.param,
+        )
+        return {"event": event.type, "data": event.model_dump_json()}
+
+    # -- state --------------------------------------------------------------------------
+
+    def retrieve(self, response_id: str) -> Response:
+        record = self._store.get(response_id)
+        if record is None:
+            raise ResponseNotFound(response_id, "response_id")
+        return Response.model_validate(record.response)
+
+    def delete(self, response_id: str) -> str:
+        if not self._store.delete(response_id):
+            raise ResponseNotFound(response_id, "response_id")
+        return response_id
+
+    def input_items(self, response_id: str, query: InputItemsQuery) -> InputItemList:
+        record = self._store.get(response_id)
+        if record is None:
+            raise ResponseNotFound(response_id, "response_id")
+        items = list(record.input_items)
+        if query.order == "desc":
+            items.reverse()
+        if query.after is not None:
+            ids = [item.get("id") for item in items]
+            if query.after not in ids:
+                raise InvalidRequest(
+                    f"No input item with id '{query.after}' in this response.", param="after"
+                )
+            items = items[ids.index(query.after) + 1 :]
+        page = items[: query.limit]
+        return InputItemList(
+            data=page,
+            first_id=page[0]["id"] if page else None,
+            last_id=page[-1]["id"] if page else None,
+            has_more=len(items) > len(page),
+        )
+
+
+# -- request: Responses -> chat -------------------------------------------------------------
+
+
+def _chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:  # the Responses request validated: say what, not where
+        first = exc.errors(include_url=False)[0]
+        raise InvalidRequest(f"The request could not be served: {first['msg']}") from None
+
+
+def _input_items(request: ResponseCreateRequest) -> list[dict[str, Any]]:
+    """The request's input as stored items: each with an id, messages in item form."""
+    if isinstance(request.input, str):
+        if not request.input:
+            return []  # no input: with no instructions and no chain, a 400
+        text = {"type": "input_text", "text": request.input}
+        return [{"id": _id("msg"), "type": "message", "role": "user", "content": [text]}]
+    out: list[dict[str, Any]] = []
+    for item in request.input:
+        data = item.model_dump(exclude_none=True)
+        if isinstance(item, MessageItem):
+            kind = "output_text" if item.role == "assistant" else "input_text"
+            content = item.content
+            parts: list[dict[str, Any]] = (
+                [{"type": kind, "text": content}]
+                if isinstance(content, str)
+                else [p.model_dump(exclude_none=True) for p in content]
+            )
+            data = {"type": "message", "role": item.role, "content": parts}
+            data["status"] = item.status or "completed"
+            if item.role == "assistant":
+                for part in parts:
+                    part.setdefault("annotations", [])
+        data["id"] = item.id or _id(_ITEM_PREFIX.get(item.type, "item"))
+        if isinstance(item, FunctionCallItem | FunctionCallOutputItem):
+            data.setdefault("status", "completed")
+        out.append(data)
+    return out
+
+
+_ITEM_PREFIX = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+    "reasoning": "rs",
+}
+
+_ITEM_MODELS: dict[str, type[BaseModel]] = {
+    "message": MessageItem,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+    "custom_tool_call": CustomToolCallItem,
+    "custom_tool_call_output": CustomToolCallOutputItem,
+    "reasoning": ReasoningInputItem,
+}
+
+
+def _add_items(messages: list[dict[str, Any]], items: Sequence[dict[str, Any]], where: str) -> None:
+    """Append stored items (inputs or outputs) to the chat conversation.
+
+    Calls join the assistant turn before them (or open one); a reasoning item goes with
+    the next assistant turn; call outputs are `tool` messages.
+    """
+    reasoning: str | None = None
+    for data in items:
+        kind = data.get("type") or "message"
+        model = _ITEM_MODELS.get(kind)
+        if model is None:
+            raise InvalidRequest(f"Input item type '{kind}' is not supported.", param=where)
+        item = model.model_validate(data)
+        if isinstance(item, ReasoningInputItem):
+            reasoning = (reasoning or "") + item.text()
+            continue
+        if isinstance(item, MessageItem):
+            message: dict[str, Any] = {"role": item.role, "content": item.text()}
+            if item.role == "assistant" and reasoning:
+                message["reasoning_content"], reasoning = reasoning, None
+            messages.append(message)
+            continue
+        if isinstance(item, FunctionCallItem | CustomToolCallItem):
+            call: dict[str, Any]
+            if isinstance(item, FunctionCallItem):
+                body = {"name": item.name, "arguments": item.arguments}
+                call = {"id": item.call_id, "type": "function", "function": body}
+            else:
+                body = {"name": item.name, "input": item.input}
+                call = {"id": item.call_id, "type": "custom", "custom": body}
+            last: dict[str, Any] | None = messages[-1] if messages else None
+            if last is None or last["role"] != "assistant":
+                last = {"role": "assistant", "content": ""}
+                messages.append(last)
+            if reasoning:
+                last["reasoning_content"], reasoning = reasoning, None
+            last.setdefault("tool_calls", []).append(call)
+            continue
+        assert isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem)
+        messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+
+
+def _drop_oldest(messages: list[dict[str, Any]], keep: int) -> list[dict[str, Any]] | None:
+    """The conversation without its oldest turn after the first `keep` (instructions);
+    None when only the last message is left. Tool results left without their call go too."""
+    if len(messages) - keep <= 1:
+        return None
+    out = messages[:keep] + messages[keep + 1 :]
+    while len(out) - keep > 1 and out[keep]["role"] == "tool":
+        del out[keep]
+    return out
+
+
+_HOSTED_NAMES = ("name", "server_label")
+
+
+def _tools(
+    request: ResponseCreateRequest,
+) -> tuple[list[dict[str, Any]], list[UnservedTool], list[int]]:
+    """The chat service's tools, the tools left out, and each chat tool's request index."""
+    tools: list[dict[str, Any]] = []
+    unserved: list[UnservedTool] = []
+    index: list[int] = []
+    for i, tool in enumerate(request.tools or []):
+        if isinstance(tool, FunctionToolParam):
+            function: dict[str, Any] = {"name": tool.name}
+            if tool.description is not None:
+                function["description"] = tool.description
+            if tool.parameters is not None:
+                function["parameters"] = tool.parameters
+            # the Responses API's functions are strict unless they say otherwise
+            function["strict"] = tool.strict is not False
+            tools.append({"type": "function", "function": function})
+        elif isinstance(tool, CustomToolParam):
+            custom: dict[str, Any] = {"name": tool.name}
+            if tool.description is not None:
+                custom["description"] = tool.description
+            fmt = tool.format
+            if fmt is not None and fmt.type == "grammar":
+                grammar = {"syntax": fmt.syntax, "definition": fmt.definition}
+                custom["format"] = {"type": "grammar", "grammar": grammar}
+            tools.append({"type": "custom", "custom": custom})
+        else:
+            assert isinstance(tool, HostedToolParam)
+            extra = tool.model_extra or {}
+            name = next((extra[k] for k in _HOSTED_NAMES if isinstance(extra.get(k), str)), None)
+            unserved.append(UnservedTool(index=i, type=tool.type, name=name))
+            continue
+        index.append(i)
+    return tools, unserved, index
+
+
+def _tool_choice(
+    request: ResponseCreateRequest, tools: list[dict[str, Any]]
+) -> str | dict[str, Any] | None:
+    """The chat's `tool_choice`; one naming a hosted tool is a 400."""
+    choice = request.tool_choice
+    if choice is None or isinstance(choice, str):
+        if not tools and choice in ("auto", "none"):
+            return None  # only hosted tools (or none): nothing to choose from
+        return choice
+    kind = choice.get("type")
+    if kind not in _CHAT_CHOICES:
+        raise InvalidRequest(
+            f"tool_choice names the hosted tool type '{kind}', which only OpenAI's cloud runs; "
+            "pomar cannot call it (its tools are function and custom tools).",
+            param="tool_choice",
+        )
+    if kind == "allowed_tools":
+        chosen = [_named(t) for t in choice.get("tools") or [] if isinstance(t, dict)]
+        named = [c for c in chosen if c is not None]
+        if not named:
+            raise InvalidRequest(
+                "tool_choice.tools names no function or custom tool pomar can call.",
+                param="tool_choice",
+            )
+        return {
+            "type": "allowed_tools",
+            "allowed_tools": {"mode": choice.get("mode"), "tools": named},
+        }
+    named_choice = _named(choice)
+    if named_choice is None:
+        raise InvalidRequest("tool_choice needs the 'name' of the tool.", param="tool_choice")
+    return named_choice
+
+
+def _named(choice: dict[str, Any]) -> dict[str, Any] | None:
+    """`{"type": "function"|"custom", "name"}` in the chat's shape; None for others."""
+    kind, name = choice.get("type"), choice.get("name")
+    if kind not in ("function", "custom") or not isinstance(name, str):
+        return None
+    return {"type": kind, kind: {"name": name}}
+
+
+def _renamed(exc: InvalidRequest, turn: ResponseTurn) -> InvalidRequest:
+    """The chat service's 400 naming the Responses request's field instead."""
+    param = exc.param
+    if param is not None:
+        param = _PARAMS.get(param, param)
+        if param.startswith("tools["):
+            head, _, rest = param[len("tools[") :].partition("]")
+            if head.isdigit() and int(head) < len(turn.tool_index):
+                rest = rest.replace(".function.parameters", ".parameters")
+                rest = rest.replace(".custom.format", ".format")
+                param = f"tools[{turn.tool_index[int(head)]}]{rest}"
+    renamed = InvalidRequest(exc.message, param=param, code=exc.code)
+    renamed.status_code = exc.status_code
+    return renamed
+
+
+_PARAMS = {
+    "messages": "input",
+    "reasoning_effort": "reasoning.effort",
+    "response_format": "text.format",
+    "response_format.json_schema": "text.format",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+}
+
+# -- answer: chat chunks -> Responses events -------------------------------------------------
+
+
+@dataclass
+class _Item:
+    """An output item being streamed."""
+
+    kind: str  # reasoning | message | function_call | custom_tool_call
+    id: str
+    output_index: int
+    text: str = ""
+    logprobs: list[Logprob] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+
+    def done(self, status: str) -> OutputItem:
+        """The finished item."""
+        if self.kind == "reasoning":
+            return ReasoningItem(id=self.id, content=[ReasoningText(text=self.text)], status=status)
+        if self.kind == "message":
+            part = OutputText(text=self.text, logprobs=self.logprobs)
+            return OutputMessage(id=self.id, status=status, content=[part])
+        if self.kind == "function_call":
+            return FunctionCall(
+                id=self.id,
+                call_id=self.call_id,
+                name=self.name,
+                arguments=self.text,
+                status=status,
+            )
+        return CustomToolCall(id=self.id, call_id=self.call_id, name=self.name, input=self.text)
+
+    def started(self) -> OutputItem:
+        """The item as `response.output_item.added` shows it."""
+        if self.kind == "reasoning":
+            return ReasoningItem(id=self.id, content=[], status="in_progress")
+        if self.kind == "message":
+            return OutputMessage(id=self.id, status="in_progress", content=[])
+        if self.kind == "function_call":
+            return FunctionCall(
+                id=self.id, call_id=self.call_id, name=self.name, arguments="", status="in_progress"
+            )
+        return CustomToolCall(id=self.id, call_id=self.call_id, name=self.name, input="")
+
+
+class _Stream:
+    """One response's events, from the chat service's chunks; stored at the end."""
+
+    def __init__(
+        self, chat: ChatService, store: ResponseRepository, prepared: PreparedResponse
+    ) -> None:
+        self._chat = chat
+        self._store = store
+        self._prepared = prepared
+        self._turn = prepared.turn
+        self._items: list[_Item] = []
+        self._done: list[OutputItem] = []
+        self._open: _Item | None = None
+        self._calls: dict[int, _Item] = {}
+        self._finish: str | None = None
+        self._usage: ResponseUsage | None = None
+
+    def _seq(self) -> int:
+        return self._turn.events.next()
+
+    def _response(self, status: str, error: ResponseError | None = None) -> Response:
+        turn, chat = self._turn, self._prepared.chat
+        request = turn.request
+        fmt = request.text.format if request.text else None
+        text = TextOut(
+            format=TextFormatOut(
+                type=fmt.type,
+                name=fmt.name,
+                schema_=fmt.schema_,
+                description=fmt.description,
+                strict=fmt.strict,
+            )
+            if fmt is not None
+            else TextFormatOut(),
+            verbosity=(request.text.verbosity if request.text else None) or "medium",
+        )
+        reasoning = request.reasoning
+        tool_choice = request.tool_choice if request.tool_choice is not None else "auto"
+        return Response(
+            id=turn.id,
+            created_at=turn.created_at,
+            status=status,
+            completed_at=int(time.time()) if status == "completed" else None,
+            error=error,
+            incomplete_details=IncompleteDetails(reason="max_output_tokens")
+            if status == "incomplete"
+            else None,
+            instructions=request.instructions,
+            max_output_tokens=request.max_output_tokens,
+            max_tool_calls=request.max_tool_calls,
+            model=request.model,
+            output=list(self._done) if status != "in_progress" else [],
+            parallel_tool_calls=request.parallel_tool_calls is not False,
+            previous_response_id=request.previous_response_id,
+            reasoning=ReasoningOut(effort=reasoning.effort, summary=reasoning.summary)
+            if reasoning is not None
+            else None,
+            store=request.store is not False,
+            temperature=chat.params.temperature,
+            text=text,
+            tool_choice=tool_choice,
+            tools=[t.model_dump(exclude_none=True, by_alias=True) for t in request.tools or []],
+            top_logprobs=request.top_logprobs,
+            top_p=chat.params.top_p,
+            truncation=request.truncation or "disabled",
+            usage=self._usage if status != "in_progress" else None,
+            user=request.user,
+            metadata=request.metadata or {},
+            pomar_unserved_tools=list(turn.unserved) or None,
+        )
+
+    async def events(self, *, raises: bool = False) -> AsyncIterator[BaseModel]:
+        """The events; with `raises`, an error is raised (after storing the failed
+        response) instead of becoming `error` and `response.failed` events."""
+        start = self._response("in_progress")
+        yield ResponseLifecycleEvent(
+            type="response.created", sequence_number=self._seq(), response=start
+        )
+        yield ResponseLifecycleEvent(
+            type="response.in_progress", sequence_number=self._seq(), response=start
+        )
+        try:
+            async for chunk in self._chat.stream(self._prepared.chat):
+                for event in self._chunk(chunk):
+                    yield event
+        except PomarError as exc:
+            failed = self._failed(exc.code or exc.error_type, exc.message, exc.param)
+            if raises:
+                raise
+            for event in failed:
+                yield event
+            return
+        except Exception:
+            log.exception("response %s failed", self._turn.id)
+            message = "The server had an error while generating."
+            failed = self._failed("server_error", message, None)
+            if raises:
+                raise
+            for event in failed:
+                yield event
+            return
+        for event in self._close("incomplete" if self._finish == "length" else "completed"):
+            yield event
+        if not any(
+            item.kind in ("message", "function_call", "custom_tool_call") for item in self._items
+        ):
+            for event in self._open_item("message"):
+                yield event
+            for event in self._close("incomplete" if self._finish == "length" else "completed"):
+                yield event
+        status = "incomplete" if self._finish == "length" else "completed"
+        final = self._response(status)
+        self._save(final)
+        kind = "response.incomplete" if status == "incomplete" else "response.completed"
+        yield ResponseLifecycleEvent(type=kind, sequence_number=self._seq(), response=final)
+
+    def _failed(self, code: str, message: str, param: str | None) -> list[BaseModel]:
+        events: list[BaseModel] = list(self._close("incomplete"))
+        events.append(
+            ErrorEvent(sequence_number=self._seq(), code=code, message=message, param=param)
+        )
+        final = self._response("failed", ResponseError(code=_error_code(code), message=message))
+        self._save(final)
+        events.append(
+            ResponseLifecycleEvent(
+                type="response.failed", sequence_number=self._seq(), response=final
+            )
+        )
+        return events
+
+    def _save(self, final: Response) -> None:
+        turn = self._turn
+        if turn.request.store is False:
+            return
+        record = ResponseRecord(
+            id=turn.id,
+            created_at=turn.created_at,
+            model=turn.request.model,
+            previous_response_id=turn.request.previous_response_id,
+            response=final.model_dump(mode="json"),
+            input_items=turn.input_items,
+        )
+        self._store.add(record)
+
+    def _chunk(self, chunk: ChatCompletionChunk) -> list[BaseModel]:
+        events: list[BaseModel] = []
+        if chunk.usage is not None:
+            usage = chunk.usage
+            self._usage = ResponseUsage(
+                input_tokens=usage.prompt_tokens,
+                input_tokens_details=InputTokensDetails(
+                    cached_tokens=usage.prompt_tokens_details.cached_tokens
+                ),
+                output_tokens=usage.completion_tokens,
+                output_tokens_details=OutputTokensDetails(
+                    reasoning_tokens=usage.completion_tokens_details.reasoning_tokens
+                ),
+                total_tokens=usage.total_tokens,
+            )
+        for choice in chunk.choices:
+            delta = choice.delta
+            thought = (
+                delta.reasoning_content if delta.reasoning_content is not None else delta.reasoning
+            )
+            if thought:
+                events += self._text("reasoning", thought, None)
+            if delta.content:
+                events += self._text("message", delta.content, choice.logprobs)
+            for fragment in delta.tool_calls or []:
+                events += self._call(fragment)
+            if choice.finish_reason is not None:
+                self._finish = choice.finish_reason
+        return events
+
+    def _open_item(self, kind: str, call_id: str = "", name: str = "") -> list[BaseModel]:
+        prefix = {"reasoning": "rs", "message": "msg", "function_call": "fc"}.get(kind, "ctc")
+        item = _Item(kind, _id(prefix), len(self._items), call_id=call_id, name=name)
+        self._items.append(item)
+        self._open = item
+        events: list[BaseModel] = [
+            OutputItemEvent(
+                type="response.output_item.added",
+                sequence_number=self._seq(),
+                output_index=item.output_index,
+                item=item.started(),
+            )
+        ]
+        if kind in ("reasoning", "message"):
+            part = ReasoningText(text="") if kind == "reasoning" else OutputText(text="")
+            events.append(
+                ContentPartEvent(
+                    type="response.content_part.added",
+                    sequence_number=self._seq(),
+                    item_id=item.id,
+                    output_index=item.output_index,
+                    content_index=0,
+                    part=part,
+                )
+            )
+        return events
+
+    def _close(self, status: str) -> list[BaseModel]:
+        """Finish the open item (`status` is the last item's: completed or incomplete)."""
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        seq, events = self._seq, list[BaseModel]()
+        where = {"item_id": item.id, "output_index": item.output_index}
+        if item.kind == "reasoning":
+            events.append(
+                ReasoningDoneEvent(sequence_number=seq(), content_index=0, text=item.text, **where)
+            )
+            events.append(
+                ContentPartEvent(
+                    type="response.content_part.done",
+                    sequence_number=seq(),
+                    content_index=0,
+                    part=ReasoningText(text=item.text),
+                    **where,
+                )
+            )
+        elif item.kind == "message":
+            events.append(
+                TextDoneEvent(
+                    sequence_number=seq(),
+                    content_index=0,
+                    text=item.text,
+                    logprobs=item.logprobs,
+                    **where,
+                )
+            )
+            events.append(
+                ContentPartEvent(
+                    type="response.content_part.done",
+                    sequence_number=seq(),
+                    content_index=0,
+                    part=OutputText(text=item.text, logprobs=item.logprobs),
+                    **where,
+                )
+            )
+        elif item.kind == "function_call":
+            events.append(
+                ArgumentsDoneEvent(
+                    sequence_number=seq(), name=item.name, arguments=item.text, **where
+                )
+            )
+        else:
+            events.append(CustomInputDoneEvent(sequence_number=seq(), input=item.text, **where))
+        done = item.done(status)
+        self._done.append(done)
+        events.append(
+            OutputItemEvent(
+                type="response.output_item.done",
+                sequence_number=seq(),
+                output_index=item.output_index,
+                item=done,
+            )
+        )
+        return events
+
+    def _text(self, kind: str, text: str, logprobs: ChoiceLogprobs | None) -> list[BaseModel]:
+        events: list[BaseModel] = []
+        if self._open is None or self._open.kind != kind:
+            events += self._close("completed")
+            events += self._open_item(kind)
+        item = self._open
+        assert item is not None
+        item.text += text
+        where = {"item_id": item.id, "output_index": item.output_index, "content_index": 0}
+        if kind == "reasoning":
+            events.append(ReasoningDeltaEvent(sequence_number=self._seq(), delta=text, **where))
+            return events
+        pieces = _logprobs(logprobs) if self._turn.request.logprobs else []
+        item.logprobs += pieces
+        events.append(
+            TextDeltaEvent(sequence_number=self._seq(), delta=text, logprobs=pieces, **where)
+        )
+        return events
+
+    def _call(self, fragment: Any) -> list[BaseModel]:
+        events: list[BaseModel] = []
+        custom = fragment.type == "custom" or fragment.custom is not None
+        if fragment.id is not None:
+            events += self._close("completed")
+            body = fragment.custom if custom else fragment.function
+            name = (body.name if body is not None else None) or ""
+            kind = "custom_tool_call" if custom else "function_call"
+            events += self._open_item(kind, call_id=fragment.id, name=name)
+            assert self._open is not None
+            self._calls[fragment.index] = self._open
+        item = self._calls.get(fragment.index)
+        if item is None:
+            return events
+        piece = (
+            (fragment.custom.input if fragment.custom is not None else None)
+            if custom
+            else (fragment.function.arguments if fragment.function is not None else None)
+        )
+        if not piece:
+            return events
+        item.text += piece
+        where = {"item_id": item.id, "output_index": item.output_index}
+        if item.kind == "custom_tool_call":
+            events.append(CustomInputDeltaEvent(sequence_number=self._seq(), delta=piece, **where))
+        else:
+            events.append(ArgumentsDeltaEvent(sequence_number=self._seq(), delta=piece, **where))
+        return events
+
+
+def _logprobs(logprobs: ChoiceLogprobs | None) -> list[Logprob]:
+    if logprobs is None or not logprobs.content:
+        return []
+    return [
+        Logprob(
+            token=entry.token,
+            logprob=entry.logprob,
+            bytes=entry.bytes or [],
+            top_logprobs=[
+                TopLogprob(token=top.token, logprob=top.logprob, bytes=top.bytes or [])
+                for top in entry.top_logprobs
+            ],
+        )
+        for entry in logprobs.content
+    ]
+
+
+#: ResponseError.code values OpenAI lists; anything else is a server_error
+_ERROR_CODES = frozenset({"server_error", "rate_limit_exceeded", "invalid_prompt"})
+
+
+def _error_code(code: str) -> str:
+    return code if code in _ERROR_CODES else "server_error"
