@@ -49,6 +49,10 @@ EXTENSIONS: tuple[dict[str, str], ...] = (
     {"where": "unsupported parameters", "what": "OpenAI parameters pomar does not implement "
      "are refused with 400 `unsupported_parameter` (not ignored) unless they are 'off'."},
     {"where": "DELETE /v1/models/{model_id}", "what": "base models cannot be deleted (400)."},
+    {"where": "Response.pomar_unserved_tools", "what": "the request's tools pomar left out of "
+     "the prompt: hosted tools only OpenAI's cloud runs (web_search, file_search, mcp, ...)."},
+    {"where": "GET /v1/responses/{response_id}/input_items", "what": "the input items of "
+     "that request itself, not those of the previous_response_id chain it continues."},
 )  # fmt: skip
 
 _ERROR_STATUSES = {

@@ -67,6 +67,7 @@ ENDPOINTS: dict[str, tuple[str, dict[str, Any], Expect]] = {
     # name: (path, valid body, what the valid body gets)
     "chat": ("/v1/chat/completions", {"model": MODEL, "messages": MSG, "max_tokens": 1}, "ok"),
     "completions": ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1}, "ok"),
+    "responses": ("/v1/responses", {"model": MODEL, "input": "hi", "max_output_tokens": 1}, "ok"),
     # the test server serves no embedding model: every embeddings request is a 4xx
     "embeddings": ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "hi"}, "4xx"),
     # the training file does not exist: every job request is a 4xx (no job is started)
@@ -117,6 +118,28 @@ FIELDS: dict[str, list[str]] = {
         "stream",
     ],
     "embeddings": ["model", "input", "encoding_format", "dimensions", "user"],
+    "responses": [
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "top_logprobs",
+        "reasoning",
+        "metadata",
+        "store",
+        "previous_response_id",
+        "include",
+        "truncation",
+        "stream",
+        "background",
+        "user",
+    ],
     "fine_tuning": [
         "model",
         "training_file",
@@ -132,6 +155,7 @@ REQUIRED: dict[str, list[str]] = {
     "chat": ["model", "messages"],
     "completions": ["model", "prompt"],
     "embeddings": ["model", "input"],
+    "responses": ["model", "input"],
     "fine_tuning": ["model", "training_file"],
 }
 #: values of the wrong type (or shape) tried in every field; some are coerced by the
@@ -328,6 +352,101 @@ def _sampling_cases() -> Iterator[Case]:
             expect,
             json_body={**comp_valid, fld: value},
         )
+
+
+def _responses_cases() -> Iterator[Case]:
+    """The Responses API's own hostile shapes: items, tools, grammars, chains."""
+    path, valid, _ = ENDPOINTS["responses"]
+    user = {"role": "user", "content": "hi"}
+    grammar = {"type": "custom", "name": "g", "format": {"type": "grammar", "syntax": "lark"}}
+    absurd: list[tuple[str, Any, Expect]] = [
+        ("input", [user] * (MAX_MESSAGES + 1), "4xx"),
+        ("input", [user] * 5000, "4xx"),
+        ("input", [], "4xx"),
+        ("input", [{"type": "nope"}], "4xx"),
+        ("input", [{"type": "item_reference", "id": "msg_1"}], "4xx"),
+        ("input", [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}], "4xx"),
+        ("input", [{"role": "wizard", "content": "hi"}], "4xx"),
+        ("input", [{"type": "function_call", "call_id": "", "name": "f", "arguments": "{"}], "4xx"),
+        ("input", [{"type": "function_call_output", "call_id": "c", "output": "o"}, user], "ok"),
+        (
+            "input",
+            [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "x"}],
+            "any",
+        ),
+        (
+            "input",
+            [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "t"}]}, user],
+            "ok",
+        ),
+        ("input", "y" * (MAX_BODY - 1024), "4xx"),  # over the tiny model's context
+        (
+            "tools",
+            [{**grammar, "format": {**grammar["format"], "definition": "start: nowhere"}}],
+            "4xx",
+        ),
+        (
+            "tools",
+            [{**grammar, "format": {**grammar["format"], "definition": "x" * 70_000}}],
+            "4xx",
+        ),
+        (
+            "tools",
+            [{**grammar, "format": {"type": "grammar", "syntax": "regex", "definition": "("}}],
+            "4xx",
+        ),
+        (
+            "tools",
+            [{**grammar, "format": {"type": "grammar", "syntax": "cobol", "definition": "x"}}],
+            "4xx",
+        ),
+        ("tools", [{"type": "function", "name": "f", "parameters": {"type": "wizard"}}], "4xx"),
+        ("tools", [{"type": "function", "name": "bad name!"}], "4xx"),
+        ("tools", [{"type": "web_search"}, {"type": "mcp", "server_label": "x"}], "ok"),
+        ("tools", [{"type": "function", "name": "f"}] * 2, "4xx"),
+        ("tool_choice", {"type": "web_search"}, "4xx"),
+        ("tool_choice", {"type": "function", "name": "nope"}, "4xx"),
+        ("tool_choice", "sometimes", "4xx"),
+        (
+            "text",
+            {"format": {"type": "json_schema", "name": "x", "schema": {"type": "wizard"}}},
+            "4xx",
+        ),
+        ("text", {"format": {"type": "xml"}}, "4xx"),
+        ("previous_response_id", "resp_" + "0" * 48, "4xx"),
+        ("previous_response_id", "../../etc/passwd", "4xx"),
+        ("max_output_tokens", 0, "4xx"),
+        ("max_output_tokens", 10**30, "any"),
+        ("top_logprobs", 21, "4xx"),
+        ("metadata", {f"k{i}": "v" for i in range(17)}, "4xx"),
+        ("metadata", {"k": "v" * 513}, "4xx"),
+        ("include", ["message.output_text.logprobs", "no.such.thing"], "ok"),
+        ("background", True, "4xx"),
+        ("conversation", {"id": "conv_1"}, "4xx"),
+        ("truncation", "sometimes", "4xx"),
+        ("reasoning", {"effort": "extreme"}, "4xx"),
+    ]
+    for fld, value, expect in absurd:
+        yield Case(
+            f"responses-absurd-{fld}-{value!r:.24}",
+            "POST",
+            path,
+            expect,
+            json_body={**valid, fld: value},
+        )
+    ids = {
+        "traversal": "..%2F..%2Fetc%2Fpasswd",
+        "nul": "resp_%00",
+        "long": "r" * 4000,
+        "invalid-utf8": "%ff%fe",
+        "unknown": "resp_" + "0" * 48,
+    }
+    for kind, response_id in ids.items():
+        yield Case(f"response-get-{kind}", "GET", f"{path}/{response_id}", "4xx")
+        yield Case(f"response-delete-{kind}", "DELETE", f"{path}/{response_id}", "4xx")
+        yield Case(f"response-items-{kind}", "GET", f"{path}/{response_id}/input_items", "4xx")
+    for query in ("limit=0", "limit=abc", "limit=101", "order=sideways", "after=%ff"):
+        yield Case(f"response-items-{query}", "GET", f"{path}/resp_x/input_items?{query}", "4xx")
 
 
 def _query_cases() -> Iterator[Case]:
@@ -556,6 +675,7 @@ def _multipart_cases() -> Iterator[Case]:
 
 def corpus() -> list[Case]:
     cases = [*_json_cases(), *_sampling_cases(), *_query_cases(), *_multipart_cases()]
+    cases += _responses_cases()
     seen: dict[str, int] = {}
     for case in cases:  # unique ids: number the repeats
         seen[case.id] = seen.get(case.id, 0) + 1

@@ -16,7 +16,7 @@ from openai.types.responses import Response as SDKResponse
 from openai.types.responses import ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
-from server.errors import EngineError, NotFound
+from server.errors import EngineError, InvalidRequest, NotFound
 from server.protocol.chat import ChatCompletionChunk, ChunkChoice, Delta
 from server.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
 from server.protocol.responses import ResponseCreateRequest
@@ -250,3 +250,35 @@ def test_truncation_drops_the_oldest_turns_and_orphaned_results() -> None:
     ]
     assert _drop_oldest(convo, 1) == [convo[0], convo[3]]
     assert _drop_oldest([convo[0], convo[3]], 1) is None
+
+
+def test_truncation_auto_drops_turns_until_the_chat_service_accepts(store: Store) -> None:
+    class TightChat(FakeChat):
+        """A chat service whose model holds at most two messages."""
+
+        def prepare(self, request: Any, _model: Any) -> Any:
+            if len(request.messages) > 2:
+                raise InvalidRequest("too long", param="messages", code="context_length_exceeded")
+            return request
+
+    def prepared(truncation: str) -> Any:
+        service = ResponseService(TightChat([]), store.responses)  # type: ignore[arg-type]
+        request = ResponseCreateRequest.model_validate(
+            {
+                "model": "m",
+                "instructions": "Be brief.",
+                "input": [
+                    {"role": "user", "content": "1"},
+                    {"role": "assistant", "content": "one"},
+                    {"role": "user", "content": "2"},
+                ],
+                "truncation": truncation,
+            }
+        )
+        return service.prepare(service.turn(request), None)  # type: ignore[arg-type]
+
+    kept = prepared("auto").chat.messages
+    assert [(m.role, m.text()) for m in kept] == [("system", "Be brief."), ("user", "2")]
+    with pytest.raises(InvalidRequest) as info:
+        prepared("disabled")
+    assert info.value.param == "input" and info.value.code == "context_length_exceeded"
