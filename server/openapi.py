@@ -53,6 +53,11 @@ EXTENSIONS: tuple[dict[str, str], ...] = (
      "the prompt: hosted tools only OpenAI's cloud runs (web_search, file_search, mcp, ...)."},
     {"where": "GET /v1/responses/{response_id}/input_items", "what": "the input items of "
      "that request itself, not those of the previous_response_id chain it continues."},
+    {"where": "ChatCompletionRequest.top_k, CompletionRequest.top_k", "what": "sample among "
+     "the k most likely tokens (as vLLM and llama.cpp's server take it)."},
+    {"where": "POST /v1/messages, POST /v1/messages/count_tokens", "what": "Anthropic's "
+     "Messages API, not OpenAI's: its own bodies, named SSE events and error shape; the key "
+     "may also come as `x-api-key`."},
 )  # fmt: skip
 
 _ERROR_STATUSES = {

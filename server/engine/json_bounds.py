@@ -95,8 +95,11 @@ def bounded_schema(schema: dict[str, Any], options: JsonCompileOptions) -> dict[
 
     `options` are the JSON compile options the grammar will use. The check compiles the
     rewritten schema once without a tokenizer (2-10 ms); verdicts are cached, since
-    clients send the same schema request after request.
+    clients send the same schema request after request. A `propertyNames` that only says
+    what JSON already guarantees (keys are strings; zod's `z.record` writes it, Claude
+    Code's tools carry it) is dropped first: llguidance does not implement the keyword.
     """
+    schema = _without_string_key_names(schema)
     bounded = bound_schema(schema)
     try:
         error = _refusal(json.dumps(bounded, sort_keys=True), json.dumps(options, sort_keys=True))
@@ -107,6 +110,31 @@ def bounded_schema(schema: dict[str, Any], options: JsonCompileOptions) -> dict[
         logger.debug("JSON caps left off (%s)", error.strip().splitlines()[0])
         return schema
     return bounded
+
+
+def _without_string_key_names(node: Any) -> Any:
+    """Schema `node` without `propertyNames` that allow every string key (`{}`, `true`, or
+    `{"type": "string"}`, annotations aside), in it and in the schemas it holds."""
+    if not isinstance(node, dict):
+        return node
+    out = dict(node)
+    for key in _SCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            out[key] = {n: _without_string_key_names(sub) for n, sub in node[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            out[key] = [_without_string_key_names(sub) for sub in node[key]]
+    for key in _SCHEMA_VALUES:
+        if key in node:
+            out[key] = _without_string_key_names(node[key])
+    names = node.get("propertyNames")
+    if isinstance(names, dict):
+        rest = {k: v for k, v in names.items() if k not in _ANNOTATIONS}
+        if rest in ({}, {"type": "string"}):
+            del out["propertyNames"]
+    elif names is True:
+        del out["propertyNames"]
+    return out
 
 
 @functools.lru_cache(maxsize=256)

@@ -111,11 +111,15 @@ ContentBlockParam = Annotated[
 
 
 class MessageParam(BaseModel):
-    """One turn; consecutive turns of one role are one turn, as Anthropic combines them."""
+    """One turn; consecutive turns of one role are one turn, as Anthropic combines them.
+
+    A `system` message within the conversation (Anthropic's mid-conversation system
+    messages, which Claude Code sends) holds text only.
+    """
 
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlockParam]
 
     def blocks(self) -> list[Any]:

@@ -22,6 +22,7 @@ from server.protocol.messages import (
     MessagesRequest,
     MessageStreamEvent,
     MessageTokensCount,
+    PingEvent,
 )
 from server.routes.common import event_stream, json_body, json_response, unless_disconnected
 from server.routes.spec import api_route
@@ -64,7 +65,7 @@ def _error_event(error: PomarError) -> dict[str, str]:
 
 
 def _ping() -> ServerSentEvent:
-    return ServerSentEvent(event="ping", data=json.dumps({"type": "ping"}))
+    return ServerSentEvent(event="ping", data=PingEvent().model_dump_json())
 
 
 _ABOUT = (

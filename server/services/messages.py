@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -66,6 +66,8 @@ from server.services.chat import ChatService, PreparedChat
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Anthropic's `output_config.effort` as a `reasoning_effort` (OpenAI has no "max")
 _EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 
@@ -86,8 +88,9 @@ class MessagesService:
 
     def prepare(self, request: MessagesRequest, model: LoadedModel) -> PreparedMessage:
         """Convert and check everything before generation starts (400s name the field)."""
-        chat = chat_request(request, model.template.format)
-        return PreparedMessage(request, self._chat.prepare(chat, model))
+        return PreparedMessage(
+            request, _folding(request, model, lambda chat: self._chat.prepare(chat, model))
+        )
 
     async def complete(self, prepared: PreparedMessage) -> Message:
         """The whole `message`."""
@@ -100,17 +103,38 @@ class MessagesService:
 
     def count_tokens(self, request: CountTokensRequest, model: LoadedModel) -> MessageTokensCount:
         """The tokens of the prompt a `create` with the same conversation would read."""
-        chat = chat_request(request, model.template.format)
-        prompt = self._chat.prompt(chat, model)
+        prompt = _folding(request, model, lambda chat: self._chat.prompt(chat, model))
         return MessageTokensCount(input_tokens=len(model.template.tokenize(prompt)))
+
+
+def _folding(
+    request: CountTokensRequest, model: LoadedModel, use: Callable[[ChatCompletionRequest], T]
+) -> T:
+    """`use` the chat request; with system messages folded into user turns if the model's
+    template refuses a system message within the conversation (Gemma's, Mistral's)."""
+    fmt = model.template.format
+    try:
+        return use(chat_request(request, fmt))
+    except InvalidRequest as exc:
+        inner = any(m.role == "system" for m in request.messages)
+        if not (inner and exc.param == "messages" and "template rejected" in exc.message):
+            raise
+    log.info("the chat template refuses inner system messages: folded into user turns")
+    return use(chat_request(request, fmt, fold_system=True))
 
 
 # -- request: Messages -> chat ------------------------------------------------------------
 
 
-def chat_request(request: CountTokensRequest, fmt: ModelFormat) -> ChatCompletionRequest:
-    """The chat service's request for this Messages request (a count: no sampling)."""
-    body: dict[str, Any] = {"model": request.model, "messages": _messages(request)}
+def chat_request(
+    request: CountTokensRequest, fmt: ModelFormat, *, fold_system: bool = False
+) -> ChatCompletionRequest:
+    """The chat service's request for this Messages request (a count: no sampling).
+
+    `fold_system`: system messages within the conversation become user text.
+    """
+    messages = _messages(request, fold_system)
+    body: dict[str, Any] = {"model": request.model, "messages": messages}
     tools = request.tools or []
     if tools:
         body["tools"] = [
@@ -165,26 +189,28 @@ def chat_request(request: CountTokensRequest, fmt: ModelFormat) -> ChatCompletio
         raise InvalidRequest(f"The request could not be served: {first['msg']}") from None
 
 
-def _turns(messages: Sequence[MessageParam]) -> Iterator[tuple[str, list[Any]]]:
-    """(role, blocks) per turn: consecutive messages of one role are one turn."""
+def _turns(messages: Sequence[MessageParam], fold_system: bool) -> Iterator[tuple[str, list[Any]]]:
+    """(role, blocks) per turn: consecutive messages of one role are one turn (system
+    messages each their own, or user text with `fold_system`)."""
     role, blocks = "", list[Any]()
     for message in messages:
-        if message.role != role and blocks:
+        now = "user" if fold_system and message.role == "system" else message.role
+        if (now != role or now == "system") and blocks:
             yield role, blocks
             blocks = []
-        role = message.role
+        role = now
         blocks += message.blocks()
     if blocks:
         yield role, blocks
 
 
-def _messages(request: CountTokensRequest) -> list[dict[str, Any]]:
+def _messages(request: CountTokensRequest, fold_system: bool) -> list[dict[str, Any]]:
     """The conversation in the chat service's (OpenAI's) message shapes."""
     out: list[dict[str, Any]] = []
     system = request.system_text()
     if system:
         out.append({"role": "system", "content": system})
-    turns = list(_turns(request.messages))
+    turns = list(_turns(request.messages, fold_system))
     if turns and turns[-1][0] == "assistant":
         raise InvalidRequest(
             "The last message is an assistant turn (a prefill): pomar does not continue an "
@@ -194,6 +220,11 @@ def _messages(request: CountTokensRequest) -> list[dict[str, Any]]:
     for role, blocks in turns:
         if role == "assistant":
             out.append(_assistant(blocks))
+            continue
+        if role == "system":
+            if not all(isinstance(block, TextBlockParam) for block in blocks):
+                raise InvalidRequest("A system message holds text blocks only.", param="messages")
+            out.append({"role": "system", "content": "\n".join(b.text for b in blocks)})
             continue
         text: list[str] = []
         for block in blocks:

@@ -46,7 +46,14 @@ _CAPS = {
     "n": 2,
     "best_of": 2,
 }
-_GENERATION_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+_GENERATION_PATHS = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/messages",
+    "/messages/count_tokens",
+)
 
 
 def sse_event_schema(chunk_ref: str) -> dict[str, Any]:

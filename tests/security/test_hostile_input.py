@@ -67,6 +67,9 @@ ENDPOINTS: dict[str, tuple[str, dict[str, Any], Expect]] = {
     # name: (path, valid body, what the valid body gets)
     "chat": ("/v1/chat/completions", {"model": MODEL, "messages": MSG, "max_tokens": 1}, "ok"),
     "completions": ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1}, "ok"),
+    # Anthropic's Messages API: errors in Anthropic's shape (`assert_error_shape`)
+    "anthropic": ("/v1/messages", {"model": MODEL, "messages": MSG, "max_tokens": 1}, "ok"),
+    "anthropic_count": ("/v1/messages/count_tokens", {"model": MODEL, "messages": MSG}, "ok"),
     "responses": ("/v1/responses", {"model": MODEL, "input": "hi", "max_output_tokens": 1}, "ok"),
     # the test server serves no embedding model: every embeddings request is a 4xx
     "embeddings": ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "hi"}, "4xx"),
@@ -86,6 +89,7 @@ FIELDS: dict[str, list[str]] = {
         "max_completion_tokens",
         "temperature",
         "top_p",
+        "top_k",
         "n",
         "stop",
         "seed",
@@ -118,6 +122,23 @@ FIELDS: dict[str, list[str]] = {
         "stream",
     ],
     "embeddings": ["model", "input", "encoding_format", "dimensions", "user"],
+    "anthropic": [
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "tools",
+        "tool_choice",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "thinking",
+        "output_config",
+        "metadata",
+        "stream",
+    ],
+    "anthropic_count": ["model", "messages", "system", "tools", "tool_choice", "thinking"],
     "responses": [
         "model",
         "input",
@@ -155,6 +176,8 @@ REQUIRED: dict[str, list[str]] = {
     "chat": ["model", "messages"],
     "completions": ["model", "prompt"],
     "embeddings": ["model", "input"],
+    "anthropic": ["model", "messages", "max_tokens"],
+    "anthropic_count": ["model", "messages"],
     "responses": ["model", "input"],
     "fine_tuning": ["model", "training_file"],
 }
@@ -279,6 +302,8 @@ def _sampling_cases() -> Iterator[Case]:
         ("temperature", "inf", "4xx"),
         ("temperature", "-Infinity", "4xx"),
         ("top_p", "NaN", "4xx"),
+        ("top_k", -1, "4xx"),
+        ("top_k", 10**30, "ok"),
         ("presence_penalty", "nan", "4xx"),
         ("frequency_penalty", "-inf", "4xx"),
         ("seed", 10**30, "4xx"),
@@ -352,6 +377,109 @@ def _sampling_cases() -> Iterator[Case]:
             expect,
             json_body={**comp_valid, fld: value},
         )
+    yield from _anthropic_cases()
+
+
+def _anthropic_cases() -> Iterator[Case]:
+    """The Messages API's own absurd values: blocks, tools, thinking, limits."""
+    path, valid, _ = ENDPOINTS["anthropic"]
+    user, assistant = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}
+    tool = {"name": "f", "input_schema": {"type": "object"}}
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
+    #: (field, value, expected, expected of count_tokens if not the same)
+    absurd: list[tuple[Any, ...]] = [
+        ("max_tokens", 0, "4xx"),
+        ("max_tokens", -1, "4xx"),
+        ("temperature", 1.5, "4xx"),  # Anthropic's range is 0-1
+        ("temperature", "nan", "4xx"),
+        ("top_k", -1, "4xx"),
+        ("top_k", 10**30, "ok"),
+        ("stop_sequences", ["x"] * 1000, "4xx"),
+        ("stop_sequences", [""], "4xx"),
+        ("stop_sequences", "not-a-list", "4xx"),
+        # consecutive turns of one role are one turn: alternate them to count
+        ("messages", [user, assistant] * (MAX_MESSAGES // 2) + [user], "4xx", "ok"),
+        ("messages", [user] * 300, "ok"),  # one turn
+        ("messages", [{"role": "user", "content": [{"type": "text", "text": "a"}] * 500}], "ok"),
+        ("messages", [{"role": "user", "content": [image]}], "4xx"),
+        ("messages", [{"role": "user", "content": [{"type": "wizard"}]}], "4xx"),
+        ("messages", [{"role": "user", "content": [{"type": "text"}]}], "4xx"),
+        (
+            "messages",
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "x", "content": [image]}],
+                }
+            ],
+            "4xx",
+        ),
+        (
+            "messages",
+            [{"role": "user", "content": [{"type": "tool_result", "content": "x"}]}],
+            "4xx",
+        ),
+        (
+            "messages",
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_use", "id": "a", "name": "f", "input": {}}],
+                }
+            ],
+            "4xx",
+        ),
+        ("messages", [user, assistant], "4xx"),  # a prefill
+        ("messages", [{"role": "tool", "content": "x"}], "4xx"),
+        ("messages", [{"role": "system", "content": [image]}, user], "4xx"),
+        ("messages", [{"role": "system", "content": "be brief"}, user], "ok"),
+        (
+            "tools",
+            [
+                {
+                    "name": "f",
+                    "input_schema": {"type": "object", "properties": {"a": {"type": "wizard"}}},
+                }
+            ],
+            "4xx",
+            "ok",  # a count compiles no grammar
+        ),
+        ("tools", [{"name": "f"}], "4xx"),
+        ("tools", [{"name": "f", "input_schema": {"type": "string"}}], "4xx"),
+        ("tools", [{"name": "bad name!", "input_schema": {"type": "object"}}], "4xx"),
+        ("tools", [{"type": "web_search_20250305", "name": "web_search"}], "4xx"),
+        ("tools", [tool, tool], "4xx"),
+        ("tools", [tool] * 3000, "4xx"),
+        ("tool_choice", {"type": "tool", "name": "nope"}, "4xx"),
+        ("tool_choice", {"type": "any"}, "4xx"),  # no tools
+        ("tool_choice", {"type": "wizard"}, "4xx"),
+        ("thinking", {"type": "enabled"}, "4xx"),
+        ("thinking", {"type": "enabled", "budget_tokens": 0}, "4xx"),
+        ("thinking", {"type": "enabled", "budget_tokens": 1024}, "ok"),  # no switch: as it is
+        ("thinking", {"type": "wizard"}, "4xx"),
+        (
+            "output_config",
+            {"format": {"type": "json_schema", "schema": {"$ref": "http://x/s"}}},
+            "4xx",
+        ),
+        ("output_config", {"effort": "extreme"}, "4xx"),
+        ("system", [{"type": "text"}], "4xx"),
+        ("system", [image], "4xx"),
+        ("mcp_servers", [{"type": "url", "url": "http://example.com", "name": "x"}], "4xx"),
+        ("metadata", {"user_id": "u" * 10_000}, "ok"),
+    ]
+    for fld, value, expect, *count in absurd:
+        for name, route in [
+            ("anthropic", path),
+            ("anthropic_count", ENDPOINTS["anthropic_count"][0]),
+        ]:
+            body = {**valid, fld: value}
+            if name == "anthropic_count":
+                if fld not in FIELDS["anthropic_count"]:
+                    continue
+                body.pop("max_tokens")
+                expect = count[0] if count else expect
+            yield Case(f"{name}-absurd-{fld}-{value!r:.24}", "POST", route, expect, json_body=body)
 
 
 def _responses_cases() -> Iterator[Case]:
@@ -739,6 +867,20 @@ def _send(http: httpx.Client, case: Case, model: str) -> httpx.Response:
     return http.request(case.method, path, **kwargs)
 
 
+def assert_error_shape(path: str, response: httpx.Response) -> dict[str, Any]:
+    """A 4xx body is exactly the error shape of the path's wire: Anthropic's on the
+    Messages API (`{"type": "error", "error": {"type", "message"}}`), else OpenAI's."""
+    if not path.startswith("/v1/messages"):
+        return assert_envelope(response)
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"type", "error"}, body
+    error = body["error"]
+    assert body["type"] == "error" and set(error) == {"type", "message"}, body
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    return dict(error)
+
+
 def assert_envelope(response: httpx.Response) -> dict[str, Any]:
     """A 4xx body is exactly the OpenAI error envelope."""
     body = response.json()
@@ -770,7 +912,7 @@ def test_hostile_request(http: httpx.Client, server: LiveServer, case: Case) -> 
     elif case.expect.isdigit():
         assert status == int(case.expect), f"{case.id}: {status} {response.text[:300]}"
     if status >= 400:
-        assert_envelope(response)
+        assert_error_shape(case.path, response)
         # no internals: neither the server's paths nor a traceback
         assert str(server.home) not in response.text
         assert "Traceback" not in response.text and 'File "' not in response.text

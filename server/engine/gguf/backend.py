@@ -29,7 +29,8 @@ from server.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-#: the context is the model's trained one, up to this many positions
+#: the context is the model's trained one, up to this many positions unless the model's
+#: own `context` setting (`pomar models set ID context=N`) asks for more
 MAX_CONTEXT = 8192
 #: positions llama.cpp's KV cache is allocated for at load; a request that needs more grows
 #: it (doubling, up to the context). llama.cpp writes the whole cache when it allocates it,
@@ -132,7 +133,7 @@ class GGUFEngine(Engine):
         """Load `gguf_file`; `hf_dir`, when given, is the same model as a Hugging Face folder.
 
         The KV cache starts at `initial_context` positions and grows on demand, up to the
-        model's context (at most MAX_CONTEXT, and at most `context` when given).
+        model's context: at most MAX_CONTEXT, or at most `context` when given.
 
         The folder (the embedded model's import) provides the tokenizer, the sampling defaults
         and the weights fine-tuning jobs train on; without it the tokenizer is read from the
@@ -147,7 +148,7 @@ class GGUFEngine(Engine):
         # by ~0.005, enough to flip near-ties that MLX and torch (f32 throughout) agree on.
         # An all-f32 file keeps its cache in f32 too; quantized files keep llama.cpp's default.
         kv_type = llama_cpp.GGML_TYPE_F32 if header.file_type == 0 else None  # None: default
-        self._context = min(header.context_length, MAX_CONTEXT, context or MAX_CONTEXT)
+        self._context = min(header.context_length, context or MAX_CONTEXT)
         try:
             self.llama = Llama(
                 model_path=str(gguf_file),
