@@ -638,9 +638,15 @@ class _Stream:
             type="response.in_progress", sequence_number=self._seq(), response=start
         )
         try:
-            async for chunk in self._chat.stream(self._prepared.chat):
-                for event in self._chunk(chunk):
-                    yield event
+            chunks = self._chat.stream(self._prepared.chat)
+            try:
+                async for chunk in chunks:
+                    for event in self._chunk(chunk):
+                        yield event
+            finally:  # at once when the client goes away: the engine stops generating
+                close = getattr(chunks, "aclose", None)
+                if close is not None:
+                    await close()
         except PomarError as exc:
             failed = self._failed(exc.code or exc.error_type, exc.message, exc.param)
             if raises:

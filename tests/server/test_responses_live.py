@@ -268,16 +268,21 @@ def test_json_object_and_logprobs(client: openai.OpenAI) -> None:
     assert "".join(lp.token for lp in part.logprobs) == out.output_text
 
 
-def test_previous_response_id_continues_through_the_prompt_cache(client: openai.OpenAI) -> None:
+def test_previous_response_id_continues_through_the_prompt_cache(
+    client: openai.OpenAI, embedded_server: LiveServer
+) -> None:
+    # instructions are not carried over (OpenAI's rule): clients send them every turn
+    rules = "You are a helpful assistant."
     first = client.responses.create(
         model=MODEL,
-        instructions="You are a helpful assistant.",
+        instructions=rules,
         input="My name is Ada and I like green tea.",
         temperature=0,
         max_output_tokens=30,
     )
     second = client.responses.create(
         model=MODEL,
+        instructions=rules,
         input="What is my name?",
         previous_response_id=first.id,
         temperature=0,
@@ -287,15 +292,24 @@ def test_previous_response_id_continues_through_the_prompt_cache(client: openai.
     one, two = first.usage, second.usage
     assert one is not None and two is not None
     # turn 2's prompt holds turn 1 (its input and its answer) before the new question ...
-    assert two.input_tokens > one.input_tokens + one.output_tokens - 5
-    # ... and the engine read that part from its cache
-    assert two.input_tokens_details.cached_tokens > 0
-    print(
-        f"turn 2: {two.input_tokens} input tokens, {two.input_tokens_details.cached_tokens} cached"
-    )
-    # the instructions are not carried over (OpenAI's rule): without them the prompt is
-    # shorter than turn 1's prompt + answer + the new question would be with them
-    assert second.instructions is None
+    assert two.input_tokens > one.input_tokens + one.output_tokens
+    # ... and the engine read that part from its cache: turn 1's whole prompt at least
+    cached = two.input_tokens_details.cached_tokens
+    print(f"turn 1: {one.input_tokens} + {one.output_tokens} tokens; turn 2: {two.input_tokens}")
+    print(f"turn 2: {cached} of its {two.input_tokens} input tokens read from the cache")
+    backend = httpx.get(f"{embedded_server.base_url}/health").json()["backend"]
+    if backend != "torch":  # the MLX and GGUF engines keep a prompt cache; torch has none
+        assert cached >= one.input_tokens
+    items = client.responses.input_items.list(second.id).data
+    assert [i.type for i in items] == ["message"]  # its own input, not the chain's
+    # without the instructions the template's own default system prompt comes first, and
+    # the cache serves only the common start
+    third = client.responses.create(
+        model=MODEL, input="And what do I like?", previous_response_id=second.id,
+        max_output_tokens=8,
+    )  # fmt: skip
+    assert third.instructions is None and third.usage is not None
+    assert third.usage.input_tokens > two.input_tokens
 
 
 def test_retrieve_input_items_delete_and_404s(client: openai.OpenAI) -> None:
