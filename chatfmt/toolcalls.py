@@ -113,6 +113,7 @@ def call_parser(
     *,
     bare_json: bool = False,
     custom: Collection[str] = (),
+    grammars: Collection[str] = (),
 ) -> CallParser:
     """A fresh parser for one completion in `fmt`, accepting calls to `names`.
 
@@ -121,6 +122,8 @@ def call_parser(
     bare or in a code fence, is read as the call (see `BareJsonCalls`).
     `custom`: the custom tools among `names`, whose calls carry free-form input (see
     `custom_call_syntax`); their `ArgumentsDelta`s are that input, not JSON.
+    `grammars`: the custom tools whose input a grammar holds: a bare JSON turn, written
+    outside the grammar, never calls them (it stays text).
     """
     parser: CallParser
     if fmt.name == "hermes":
@@ -128,7 +131,8 @@ def call_parser(
     else:
         parser = BlockParser(fmt, names, schemas or {}, custom)
     if bare_json and fmt.name != "llama3_json":  # Llama 3 calls are bare JSON already
-        parser = BareJsonCalls(parser, names, custom)
+        held = frozenset(grammars)
+        parser = BareJsonCalls(parser, [n for n in names if n not in held], custom)
     return parser
 
 
@@ -140,9 +144,10 @@ def parse_calls(
     *,
     bare_json: bool = False,
     custom: Collection[str] = (),
+    grammars: Collection[str] = (),
 ) -> ParsedMessage:
     """Parse a whole completion in `fmt`."""
-    parser = call_parser(fmt, names, schemas, bare_json=bare_json, custom=custom)
+    parser = call_parser(fmt, names, schemas, bare_json=bare_json, custom=custom, grammars=grammars)
     parsed = ParsedMessage()
     parsed.add(parser.feed(text))
     parsed.add(parser.finish())

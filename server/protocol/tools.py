@@ -219,6 +219,13 @@ class ToolUse:
         """The callable custom tools (their calls carry free-form `input`, not arguments)."""
         return frozenset(t.name for t in self.callable if isinstance(t, CustomDefinition))
 
+    @property
+    def grammar_names(self) -> frozenset[str]:
+        """The callable custom tools whose input follows a grammar."""
+        return frozenset(
+            t.name for t in self.callable if isinstance(t, CustomDefinition) and t.grammar()
+        )
+
 
 def _pick(
     by_name: dict[str, ToolDefinition], chosen: Sequence[NamedToolChoice | NamedCustomChoice]

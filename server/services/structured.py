@@ -156,7 +156,13 @@ def message_parts(
         return text, None
     auto, custom = tools.mode == "auto", tools.custom_names
     parsed = parse_calls(
-        text, fmt.tools, _names(tools), _schemas(tools), bare_json=auto, custom=custom
+        text,
+        fmt.tools,
+        _names(tools),
+        _schemas(tools),
+        bare_json=auto,
+        custom=custom,
+        grammars=tools.grammar_names,
     )
     if not parsed.calls:
         return parsed.content, None
@@ -180,6 +186,7 @@ class ToolCallStream:
             _schemas(tools),
             bare_json=tools.mode == "auto",
             custom=self._custom,
+            grammars=tools.grammar_names,
         )
         self._kinds: dict[int, bool] = {}  # call index -> whether it is a custom call
 

@@ -201,3 +201,13 @@ def test_regex_grammars_become_lark_sub_grammars() -> None:
     names = [g.get("name") for g in serialized["grammars"]]
     assert names[1:] == ["custom_0"]
     assert llguidance.LLMatcher.validate_grammar(json.dumps(serialized)) == ""
+
+
+def test_a_bare_json_turn_never_calls_a_tool_its_grammar_did_not_hold() -> None:
+    """Under auto, a turn that is only a JSON call is read as one (small models write
+    them); such a turn was not held by a custom tool's grammar, so it stays text there."""
+    turn = '{"name": "calc", "arguments": {"input": "12 + 30"}}'
+    held = parse_calls(turn, HERMES, ["calc"], bare_json=True, custom=["calc"], grammars=["calc"])
+    assert held.calls == [] and held.content == turn
+    free = parse_calls(turn, HERMES, ["calc"], bare_json=True, custom=["calc"])
+    assert [c[1:] for c in free.calls] == [("calc", "12 + 30")]
