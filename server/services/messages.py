@@ -434,15 +434,21 @@ async def _stream(chat: ChatService, prepared: PreparedMessage) -> AsyncIterator
     reason: StopReason = "end_turn"
     matched: str | None = None
     usage = MessageUsage(input_tokens=prompt_tokens, output_tokens=0)
-    async for chunk in chat.stream(prepared.chat):
-        if chunk.usage is not None:
-            usage = message_usage(chunk.usage)
-        for choice in chunk.choices:
-            for event in blocks.feed(choice):
-                yield event
-            if choice.finish_reason is not None:
-                reason = stop_reason(choice.finish_reason, choice.stop_sequence)
-                matched = choice.stop_sequence
+    chunks = chat.stream(prepared.chat)
+    try:
+        async for chunk in chunks:
+            if chunk.usage is not None:
+                usage = message_usage(chunk.usage)
+            for choice in chunk.choices:
+                for event in blocks.feed(choice):
+                    yield event
+                if choice.finish_reason is not None:
+                    reason = stop_reason(choice.finish_reason, choice.stop_sequence)
+                    matched = choice.stop_sequence
+    finally:  # at once when the client goes away: the engine stops generating
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
     for event in blocks.close():
         yield event
     yield MessageDeltaEvent(

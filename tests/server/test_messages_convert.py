@@ -191,3 +191,36 @@ def test_an_error_mid_stream_is_an_anthropic_error_event() -> None:
         "error": {"type": "invalid_request_error", "message": "the model went away"},
     }
     assert "[DONE]" not in text
+
+
+async def test_closing_the_stream_closes_the_chat_stream_at_once() -> None:
+    """A client that goes away stops generation: the chat stream is closed, not left to GC."""
+    from server.protocol.chat import ChatCompletionChunk
+    from server.services.messages import _stream
+
+    closed: list[bool] = []
+
+    class Chat:
+        async def stream(self, _prepared: Any) -> AsyncIterator[ChatCompletionChunk]:
+            try:
+                for i in range(1000):
+                    yield ChatCompletionChunk.model_validate(
+                        {
+                            "id": "c",
+                            "created": 0,
+                            "model": "m",
+                            "system_fingerprint": "fp",
+                            "choices": [{"index": 0, "delta": {"content": f"w{i}"}}],
+                        }
+                    )
+            finally:
+                closed.append(True)
+
+    prepared = SimpleNamespace(
+        request=SimpleNamespace(model="m"), chat=SimpleNamespace(prompt_ids=[1])
+    )
+    events = _stream(Chat(), prepared)  # type: ignore[arg-type]
+    kinds = [(await anext(events)).model_dump()["type"] for _ in range(4)]
+    assert kinds == ["message_start", "ping", "content_block_start", "content_block_delta"]
+    await events.aclose()  # type: ignore[attr-defined]
+    assert closed == [True]
