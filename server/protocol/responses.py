@@ -510,7 +510,7 @@ class TextFormatOut(OpenAIModel):
     description: str | None = Field(None, exclude_if=lambda v: v is None)
     strict: bool | None = Field(None, exclude_if=lambda v: v is None)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
 class TextOut(OpenAIModel):

@@ -617,7 +617,7 @@ class _Stream:
             temperature=chat.params.temperature,
             text=text,
             tool_choice=tool_choice,
-            tools=[t.model_dump(exclude_none=True, by_alias=True) for t in request.tools or []],
+            tools=[_echo(tool) for tool in request.tools or []],
             top_logprobs=request.top_logprobs,
             top_p=chat.params.top_p,
             truncation=request.truncation or "disabled",
@@ -869,6 +869,16 @@ class _Stream:
         else:
             events.append(ArgumentsDeltaEvent(sequence_number=self._seq(), delta=piece, **where))
         return events
+
+
+def _echo(tool: BaseModel) -> dict[str, Any]:
+    """A request's tool as the response lists it (a function with its effective `strict`
+    and `parameters`, null when it has none, as OpenAI's schema wants them)."""
+    out = tool.model_dump(exclude_none=True, by_alias=True)
+    if isinstance(tool, FunctionToolParam):
+        out["parameters"] = tool.parameters
+        out["strict"] = tool.strict is not False
+    return out
 
 
 def _logprobs(logprobs: ChoiceLogprobs | None) -> list[Logprob]:

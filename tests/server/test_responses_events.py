@@ -282,3 +282,20 @@ def test_truncation_auto_drops_turns_until_the_chat_service_accepts(store: Store
     with pytest.raises(InvalidRequest) as info:
         prepared("disabled")
     assert info.value.param == "input" and info.value.code == "context_length_exceeded"
+
+
+def test_the_response_echoes_tools_and_text_format_as_openai_writes_them(store: Store) -> None:
+    events = run(
+        store,
+        [chunk(Delta(content="{}")), chunk(Delta(), "stop")],
+        tools=[{"type": "function", "name": "f"}, {"type": "web_search"}],
+        text={"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
+    )
+    final = events[-1].model_dump(mode="json")["response"]
+    assert final["tools"] == [
+        {"type": "function", "name": "f", "parameters": None, "strict": True},
+        {"type": "web_search"},
+    ]
+    assert final["text"]["format"] == {"type": "json_schema", "name": "x",
+                                       "schema": {"type": "object"}}  # fmt: skip
+    assert final["pomar_unserved_tools"] == [{"index": 1, "type": "web_search", "name": None}]
