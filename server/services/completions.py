@@ -1,9 +1,15 @@
-"""Legacy completions: raw prompts (no chat template), fill-in-the-middle, echo, logprobs."""
+"""Legacy completions: raw prompts (no chat template), fill-in-the-middle, echo, logprobs.
+
+With `echo` and `logprobs` the prompt is scored too (`Engine.score`): each echoed token
+has its logprob under the raw model distribution given the tokens before it, the first
+token of the model's input null as OpenAI gives it; `max_tokens: 0` scores without
+generating, as lm-evaluation-harness's loglikelihood requests do.
+"""
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,7 +30,7 @@ from server.protocol.completions import (
     CompletionRequest,
     FinishReason,
 )
-from server.services.choices import Producer, choices_producer, fingerprint, usage
+from server.services.choices import choices_producer, fingerprint, usage
 from server.services.logprobs import FLOOR
 from server.services.sampling import generation_params
 
@@ -64,6 +70,8 @@ class PromptInput:
     ids: list[int]
     echo_text: str
     echo_ids: list[int]
+    #: where `echo_ids` start in `ids` (after a bos the server put in front)
+    echo_start: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,24 @@ class PreparedCompletion:
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p.ids) for p in self.prompts)
+
+    @property
+    def scores_prompts(self) -> bool:
+        """The echoed prompts' tokens get logprobs: the engine scores them."""
+        return bool(self.request.echo) and self.request.logprobs is not None
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """What the worker yields for a scored prompt, before that prompt's choices."""
+
+    prompt: int
+    #: `Engine.score` of the prompt's ids: item i is ids[i + 1]
+    scores: list[Sampled]
+
+
+#: the worker's items: (choice index, a piece of it), or a prompt's scores
+_Item = tuple[int, Chunk] | PromptScores
 
 
 @dataclass
@@ -139,11 +165,15 @@ class CompletionService:
             )
         prompts = [self._prompt(facts, p, request.suffix) for p in raw_prompts]
         context = model.engine.context_length
+        # a prompt that is only scored (max_tokens 0) may fill the context; one to be
+        # completed leaves a position for the first new token
+        room = context if params.max_tokens == 0 else context - 1
         for p in prompts:
-            if len(p.ids) >= context:
+            if len(p.ids) > room:
+                more = "" if room == context else " and no room for a completion"
                 raise InvalidRequest(
                     f"This model's maximum context length is {context} tokens, but the prompt "
-                    f"has {len(p.ids)} tokens.",
+                    f"has {len(p.ids)} tokens{more}.",
                     param="prompt",
                     code="context_length_exceeded",
                 )
@@ -154,7 +184,12 @@ class CompletionService:
     async def complete(self, job: PreparedCompletion) -> Completion:
         """The whole `text_completion` object."""
         results = [_Result() for _ in range(len(job.prompts) * job.candidates)]
-        async for index, chunk in job.model.worker.stream(_producer(job)):
+        scores: dict[int, list[Sampled]] = {}
+        async for item in job.model.worker.stream(_producer(job)):
+            if isinstance(item, PromptScores):
+                scores[item.prompt] = item.scores
+                continue
+            index, chunk = item
             result = results[index]
             result.text += chunk.text
             result.tokens.extend(chunk.tokens)
@@ -170,7 +205,7 @@ class CompletionService:
                 if job.request.logprobs is not None:
                     writer = LogprobWriter(job.facts)
                     logprobs = _join(
-                        writer.echo(prompt) if job.request.echo else None,
+                        writer.echo(prompt, scores.get(p)) if job.request.echo else None,
                         writer.add(result.tokens, result.text),
                     )
                 text = prompt.echo_text + result.text if job.request.echo else result.text
@@ -211,14 +246,20 @@ class CompletionService:
 
         want_logprobs = job.request.logprobs is not None
         writers: dict[int, LogprobWriter] = {}
+        scores: dict[int, list[Sampled]] = {}
         generated = cached = 0
-        async for index, piece in job.model.worker.stream(_producer(job)):
+        async for item in job.model.worker.stream(_producer(job)):
+            if isinstance(item, PromptScores):
+                scores[item.prompt] = item.scores
+                continue
+            index, piece = item
             writer = writers.get(index)
             if writer is None:
                 writer = writers[index] = LogprobWriter(job.facts)
                 if job.request.echo:
-                    prompt = job.prompts[index // job.n]
-                    logprobs = writer.echo(prompt) if want_logprobs else None
+                    p = index // job.n
+                    prompt = job.prompts[p]
+                    logprobs = writer.echo(prompt, scores.get(p)) if want_logprobs else None
                     text = prompt.echo_text
                     yield chunk([CompletionChoice(text=text, index=index, logprobs=logprobs)])
             if piece.finish_reason is None and not piece.text:
@@ -250,6 +291,7 @@ class CompletionService:
         if isinstance(prompt, str):
             lead, body = facts.lead, list(tokenizer.encode(prompt, add_special_tokens=False))
             text = prompt
+            start = len(lead)
         else:
             if any(t >= facts.vocab_size for t in prompt):
                 raise InvalidRequest(
@@ -260,27 +302,47 @@ class CompletionService:
             cut = 1 if facts.lead and prompt[:1] == facts.lead else 0
             lead, body = prompt[:cut], prompt[cut:]
             text = tokenizer.decode(prompt)
+            start = 0  # the caller's ids are echoed as given, bos included
         if suffix is not None and facts.fim is not None:
             tail = tokenizer.encode(suffix, add_special_tokens=False)
             return PromptInput(facts.fim.prompt(lead, body, tail), text, body)
         ids = [*lead, *body] or facts.document_start
         if not ids:
             raise InvalidRequest("The prompt is empty.", param="prompt")
-        return PromptInput(ids, text, body if isinstance(prompt, str) else list(prompt))
+        echo_ids = body if isinstance(prompt, str) else list(prompt)
+        return PromptInput(ids, text, echo_ids, start)
 
 
-def _producer(job: PreparedCompletion) -> Producer:
-    if job.params.max_tokens == 0:
-        # nothing to generate (echo-only requests): skip the prompt pass
-        count = len(job.prompts) * job.candidates
+def _producer(job: PreparedCompletion) -> Callable[[Callable[[], bool]], Iterator[_Item]]:
+    """The worker job: per prompt its scores (when echoed with logprobs), then its choices.
 
-        def nothing(_stop: Any) -> Iterator[tuple[int, Chunk]]:
-            for index in range(count):
-                yield index, Chunk("", 0, "length")
+    Choice `p * candidates + j` is the j-th completion of prompt p, as OpenAI numbers them.
+    """
+    model, top = job.model, job.request.logprobs or 0
 
-        return nothing
-    prompts = [p.ids for p in job.prompts]
-    return choices_producer(job.model, prompts, job.params, job.candidates)
+    def produce(should_stop: Callable[[], bool]) -> Iterator[_Item]:
+        if job.scores_prompts:
+            # on the worker thread, before any scoring: the request's adapter
+            model.engine.activate_adapter(model.adapter)
+        for p, prompt in enumerate(job.prompts):
+            # an echoed token is scored when the model read a token before it
+            if job.scores_prompts and len(prompt.ids) > 1 and prompt.echo_ids:
+                yield PromptScores(p, model.engine.score(prompt.ids, top))
+                if should_stop():
+                    return
+            base = p * job.candidates
+            if job.params.max_tokens == 0:
+                # nothing to generate (echo-only requests): skip the prompt pass
+                for j in range(job.candidates):
+                    yield base + j, Chunk("", 0, "length")
+                continue
+            one = choices_producer(model, [prompt.ids], job.params, job.candidates)
+            for j, piece in one(should_stop):
+                yield base + j, piece
+            if should_stop():
+                return
+
+    return produce
 
 
 def _best(candidates: list[_Result], n: int) -> list[_Result]:
@@ -314,21 +376,30 @@ class LogprobWriter:
         self._decoded = 0  # completion characters decoded so far
         self._returned = 0  # completion characters returned so far
 
-    def echo(self, prompt: PromptInput) -> CompletionLogprobs:
-        """The prompt's tokens; their logprobs are null (the engine scores no prompt)."""
+    def echo(
+        self, prompt: PromptInput, scores: Sequence[Sampled] | None = None
+    ) -> CompletionLogprobs:
+        """The prompt's tokens, with the logprobs of `Engine.score` of `prompt.ids`.
+
+        A token with nothing before it in the model's input (the first one, unless the
+        server put a bos there), or any token when `scores` is None, has null logprobs.
+        """
         stream = DecodeStream(skip_special_tokens=False)
         backend = self._facts.tokenizer.backend_tokenizer
-        offsets, decoded = [], 0
-        for token in prompt.echo_ids:
-            offsets.append(min(decoded, len(prompt.echo_text)))
+        out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+        decoded = 0
+        for k, token in enumerate(prompt.echo_ids):
+            out.text_offset.append(min(decoded, len(prompt.echo_text)))
             decoded += len(stream.step(backend, token) or "")
+            out.tokens.append(self._text(token))
+            # scores[i] is ids[i + 1]: the echoed token at ids[q] is scores[q - 1]
+            q = prompt.echo_start + k
+            scored = scores[q - 1] if scores is not None and 0 < q <= len(scores) else None
+            logprob, top = self._entry(scored) if scored is not None else (None, None)
+            out.token_logprobs.append(logprob)
+            out.top_logprobs.append(top)
         self._base = len(prompt.echo_text)
-        return CompletionLogprobs(
-            tokens=[self._text(t) for t in prompt.echo_ids],
-            token_logprobs=[None] * len(offsets),
-            top_logprobs=[None] * len(offsets),
-            text_offset=offsets,
-        )
+        return out
 
     def add(self, sampled: Sequence[Sampled], text: str) -> CompletionLogprobs:
         """The logprobs of these sampled tokens, which produced `text`."""
@@ -338,14 +409,19 @@ class LogprobWriter:
             out.text_offset.append(self._base + min(self._decoded, self._returned))
             self._decoded += len(self._detok.add(s.token))
             out.tokens.append(self._text(s.token))
-            logprob = max(s.logprob, FLOOR) if s.logprob is not None else None
+            logprob, top = self._entry(s)
             out.token_logprobs.append(logprob)
-            top = {self._text(t): max(lp, FLOOR) for t, lp in s.top}
-            # OpenAI always reports the sampled token too: up to logprobs + 1 entries
-            if logprob is not None:
-                top.setdefault(self._text(s.token), logprob)
             out.top_logprobs.append(top)
         return out
+
+    def _entry(self, s: Sampled) -> tuple[float | None, dict[str, float]]:
+        """A token's `token_logprobs` and `top_logprobs` entries."""
+        logprob = max(s.logprob, FLOOR) if s.logprob is not None else None
+        top = {self._text(t): max(lp, FLOOR) for t, lp in s.top}
+        # OpenAI always reports the token itself too: up to logprobs + 1 entries
+        if logprob is not None:
+            top.setdefault(self._text(s.token), logprob)
+        return logprob, top
 
     def _text(self, token: int) -> str:
         """The token as text; a piece of a UTF-8 character as `bytes:\\xNN`, as OpenAI does."""

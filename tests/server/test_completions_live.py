@@ -155,8 +155,10 @@ def test_echo_with_logprobs(tiny_server: LiveServer) -> None:
     n_prompt = len(tokenizer_of(tiny_server).encode(prompt))
     logprobs = choice.logprobs
     assert len(logprobs.tokens) == n_prompt + 6
-    # the engine does not score prompt tokens: null, as OpenAI gives for the first token
-    assert logprobs.token_logprobs[:n_prompt] == [None] * n_prompt
+    # the prompt is scored (tests/server/test_prompt_scoring_live.py): null for its first
+    # token only, which has nothing before it, as OpenAI gives it
+    assert logprobs.token_logprobs[0] is None
+    assert None not in logprobs.token_logprobs[1:n_prompt]
     assert "".join(logprobs.tokens[:n_prompt]) == prompt
     assert logprobs.text_offset[n_prompt] == len(prompt)
     check_logprobs(choice.text, logprobs, 3)

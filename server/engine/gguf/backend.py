@@ -240,6 +240,39 @@ class GGUFEngine(Engine):
             if step + 1 < steps:  # the last token is never needed as input
                 self.llama.eval([out.token])
 
+    def score(self, prompt_ids: list[int], top: int) -> list[Sampled]:
+        """Each prompt token's logprob given the ones before it (see `Engine.score`).
+
+        The prompt is evaluated from its first position in batches of llama.cpp's
+        `n_batch` with logits for every row, as `Llama(logits_all=True).eval` does: a
+        cached prefix holds keys and values but no logits. The KV cache is left holding
+        the prompt, so a completion of it that follows reads only its last token again.
+        """
+        import llama_cpp
+        import numpy as np
+
+        if len(prompt_ids) > self.context_length:
+            raise ValueError(f"{len(prompt_ids)} prompt tokens exceed the context")
+        self._reserve(len(prompt_ids))
+        self._forget(0)
+        llama = self.llama
+        out: list[Sampled] = []
+        for start in range(0, len(prompt_ids) - 1, llama.n_batch):
+            targets = prompt_ids[start + 1 : start + 1 + llama.n_batch]
+            # the last prompt token predicts nothing that is scored: not read here
+            chunk = prompt_ids[start : start + len(targets)]
+            # as Llama.eval: drop what a failed decode may have left past n_tokens
+            llama._ctx.kv_cache_seq_rm(-1, llama.n_tokens, -1)
+            llama._batch.set_batch(batch=chunk, n_past=llama.n_tokens, logits_all=True)
+            llama._ctx.decode(llama._batch)
+            # what Llama.eval records, so the next request's prefix match sees these
+            llama.input_ids[start : start + len(chunk)] = chunk
+            llama.n_tokens += len(chunk)
+            rows = llama_cpp.llama_get_logits(llama.ctx)
+            logits = np.ctypeslib.as_array(rows, shape=(len(chunk), self._vocab))
+            out.extend(_scored(logits, targets, top))
+        return out
+
     def _eval_prompt(self, prompt_ids: list[int]) -> int:
         """Evaluate the prompt, reusing the cached prefix it shares with the last request.
 
@@ -278,6 +311,28 @@ class GGUFEngine(Engine):
 
         row = llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)
         return np.ctypeslib.as_array(row, shape=(self._vocab,)).copy()
+
+
+def _scored(logits: Any, targets: list[int], top: int) -> list[Sampled]:
+    """`targets[i]` with its logprob and `top` best alternatives under `logits[i]`."""
+    import numpy as np
+
+    logprobs = logits.astype(np.float32)  # a copy: llama.cpp's buffer is reused
+    logprobs -= logprobs.max(axis=1, keepdims=True)
+    total = np.sum(np.exp(logprobs), axis=1, keepdims=True, dtype=np.float64)
+    logprobs -= np.log(total).astype(np.float32)
+    rows = np.arange(len(targets))
+    own = logprobs[rows, targets].tolist()
+    # the best ids one argmax pass at a time (best first, ties to the lower id): for the
+    # 20 at most asked, ~4x faster than argpartition over a 49k vocabulary
+    best = np.empty((len(targets), min(top, logprobs.shape[1])), dtype=np.int64)
+    values = np.empty(best.shape, dtype=np.float32)
+    for j in range(best.shape[1]):
+        best[:, j] = logprobs.argmax(axis=1)
+        values[:, j] = logprobs[rows, best[:, j]]
+        logprobs[rows, best[:, j]] = -np.inf
+    alternatives = zip(targets, own, best.tolist(), values.tolist(), strict=True)
+    return [Sampled(t, lp, tuple(zip(i, v, strict=True))) for t, lp, i, v in alternatives]
 
 
 class _AdapterCache:

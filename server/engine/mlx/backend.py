@@ -21,6 +21,9 @@ _ADAPTER = "mlx.adapter"
 #: default bounds of the prompt cache (the server's settings override them)
 PROMPT_CACHE_ENTRIES = 16
 PROMPT_CACHE_BYTES = 256 << 20
+#: prompt tokens read per forward pass when scoring a prompt: bounds the logits held at
+#: once (SCORE_STEP x vocabulary floats, 100 MB for the embedded model's 49k vocabulary)
+SCORE_STEP = 512
 
 
 class MLXEngine(Engine):
@@ -108,6 +111,34 @@ class MLXEngine(Engine):
         device = "cpu, float32" if self._on_cpu else "gpu"
         return f"mlx ({device}, batch {self.max_batch_size})"
 
+    def score(self, prompt_ids: list[int], top: int) -> list[Sampled]:
+        """Each prompt token's logprob given the ones before it (see `Engine.score`).
+
+        One sequence through the model outside the batches (their state is untouched;
+        each batch step switches to its own adapter again). The KV cache it leaves is
+        kept in the prompt cache, so a completion of the same prompt reads only its
+        last token again.
+        """
+        mx = self._mx
+        from mlx_lm.models.cache import make_prompt_cache
+
+        if len(prompt_ids) > self._context:
+            raise ValueError(f"{len(prompt_ids)} prompt tokens exceed the context")
+        adapter = job_state().get(_ADAPTER, self._adapter_key)
+        self._switch_adapter(adapter)
+        cache = make_prompt_cache(self.model)
+        out: list[Sampled] = []
+        for start in range(0, len(prompt_ids), SCORE_STEP):
+            chunk = prompt_ids[start : start + SCORE_STEP]
+            # row i predicts the token after chunk[i]; the prompt's last row predicts none
+            targets = prompt_ids[start + 1 : start + 1 + len(chunk)]
+            logits = self.model(mx.array(chunk)[None], cache=cache)[0]
+            if targets:
+                out.extend(_scored(mx, logits[: len(targets)], targets, top))
+            mx.eval([c.state for c in cache])
+        self.prompt_cache.store(adapter, list(prompt_ids), cache)
+        return out
+
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
     ) -> Iterator[Sampled]:
@@ -191,6 +222,29 @@ def _sampled(mx: Any, token: int, logprobs: Any, top: int | None) -> Sampled:
         values = logprobs[ids].tolist()
         best = tuple(sorted(zip(ids.tolist(), values, strict=True), key=lambda p: -p[1]))
     return Sampled(token, float(logprobs[token].item()), best)
+
+
+def _scored(mx: Any, logits: Any, targets: list[int], top: int) -> list[Sampled]:
+    """`targets[i]` with its logprob and `top` best alternatives under `logits[i]`.
+
+    float32 whatever the weights' dtype: a bf16 log-softmax is off by ~0.01.
+    """
+    logits = logits.astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    own = mx.take_along_axis(logprobs, mx.array(targets)[:, None], axis=-1)[:, 0]
+    if top <= 0:
+        return [Sampled(t, lp) for t, lp in zip(targets, own.tolist(), strict=True)]
+    k = min(top, logprobs.shape[-1])
+    if k == 1:  # lm-evaluation-harness's case: an argmax is ~5x faster on the CPU
+        ids = mx.argmax(logprobs, axis=-1, keepdims=True)
+    else:
+        ids = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]
+    values = mx.take_along_axis(logprobs, ids, axis=-1)
+    rows = zip(targets, own.tolist(), ids.tolist(), values.tolist(), strict=True)
+    return [
+        Sampled(t, lp, tuple(sorted(zip(i, v, strict=True), key=lambda p: -p[1])))
+        for t, lp, i, v in rows
+    ]
 
 
 def _masker(mx: Any, constraint: TokenConstraint) -> Any:

@@ -11,6 +11,10 @@ from finetune.devices import pick_device
 from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.templates import end_of_turn_ids
 
+#: prompt tokens read per forward pass when scoring a prompt: bounds the logits held at
+#: once (SCORE_STEP x vocabulary floats, 100 MB for the embedded model's 49k vocabulary)
+SCORE_STEP = 512
+
 
 class TorchEngine(Engine):
     """A transformers causal LM sampled token by token with its KV cache.
@@ -65,6 +69,35 @@ class TorchEngine(Engine):
 
     def describe(self) -> str:
         return f"torch ({self.device}, {str(self._dtype).removeprefix('torch.')})"
+
+    def score(self, prompt_ids: list[int], top: int) -> list[Sampled]:
+        """Each prompt token's logprob given the ones before it (see `Engine.score`)."""
+        torch = self._torch
+        from transformers import DynamicCache
+
+        if len(prompt_ids) > self._context:
+            raise ValueError(f"{len(prompt_ids)} prompt tokens exceed the context")
+        out: list[Sampled] = []
+        with torch.inference_mode():
+            cache = DynamicCache()
+            kw = {self._cache_kw: cache, "use_cache": True}
+            # the last prompt token predicts nothing that is scored: never read
+            for start in range(0, len(prompt_ids) - 1, SCORE_STEP):
+                chunk = prompt_ids[start : start + SCORE_STEP]
+                targets = prompt_ids[start + 1 : start + 1 + len(chunk)]
+                inputs = torch.tensor([chunk[: len(targets)]], device=self.device)
+                logits = self.model(input_ids=inputs, **kw).logits[0].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                ids = torch.tensor(targets, device=self.device)
+                own = logprobs.gather(-1, ids[:, None])[:, 0].tolist()
+                if top <= 0:
+                    out.extend(Sampled(t, lp) for t, lp in zip(targets, own, strict=True))
+                    continue
+                # topk sorts best first; the same floats as `own` for the same id
+                values, best = logprobs.topk(min(top, logprobs.shape[-1]), dim=-1)
+                rows = zip(targets, own, best.tolist(), values.tolist(), strict=True)
+                out.extend(Sampled(t, lp, tuple(zip(i, v, strict=True))) for t, lp, i, v in rows)
+        return out
 
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
