@@ -204,7 +204,8 @@ class ResponseService:
         chat["stream_options"] = {"include_usage": True}
         for tool in unserved:
             log.info(
-                "response: tool %d (%s%s) left out of the prompt: only OpenAI's cloud runs it",
+                "response: tool %d (%s%s) left out of the prompt: pomar serves function and "
+                "custom tools (hosted tools run in OpenAI's cloud)",
                 tool.index,
                 tool.type,
                 f" {tool.name}" if tool.name else "",
