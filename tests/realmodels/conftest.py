@@ -35,15 +35,20 @@ def _fetched(model: RealModel) -> Path:
 
 
 def _import_and_serve(gguf: Path, model_id: str, home: Path) -> Iterator[LiveServer]:
-    """`pomar models import GGUF --id MODEL_ID`, then `pomar serve` it on the GGUF engine."""
+    """`pomar models import GGUF --id MODEL_ID`, `pomar serve` it on the GGUF engine, and
+    `pomar models rm MODEL_ID` after (the import is a copy: hundreds of MB per session)."""
     result = run_pomar(["models", "import", str(gguf), "--id", model_id], home)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"imported {model_id} (gguf, "), result.stdout
-    server = LiveServer(model=model_id, backend="gguf", home=home).start()
     try:
-        yield server
+        server = LiveServer(model=model_id, backend="gguf", home=home).start()
+        try:
+            yield server
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        removed = run_pomar(["models", "rm", model_id], home)
+        assert removed.returncode == 0, removed.stderr
 
 
 @pytest.fixture(scope="module")

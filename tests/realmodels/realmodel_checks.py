@@ -1,7 +1,8 @@
 """What the real-model suites ask of every model, through the official `openai` SDK.
 
-Schemas are written as a user would write them (no length bounds), tools are plain
-functions, and every request is greedy (temperature 0) with a short max_tokens.
+Schemas are written as a user would write them (strings and numbers without bounds, so
+the server's own caps must end a runaway value), tools are plain functions, and every
+request is greedy (temperature 0) with a short max_tokens.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Literal
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageToolCall
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 #: the ids the families are imported under (`pomar models import FILE --id ID`)
 QWEN_ID = "qwen2.5-coder-0.5b-instruct"
@@ -43,7 +44,9 @@ class CityFacts(BaseModel):
     city: str
     country: str
     population_millions: float
-    landmarks: list[str]
+    #: a bound the user gives (maxItems): without one a small model lists landmarks until
+    #: max_tokens, which server-side caps (1,024 items) do not prevent
+    landmarks: list[str] = Field(max_length=3)
 
 
 def function_tool(schema: type[BaseModel], name: str) -> dict[str, Any]:
@@ -163,7 +166,8 @@ def named_call(client: openai.OpenAI, model: str) -> GetTime:
 def answer_tool_result(
     client: openai.OpenAI, model: str, first: ChatCompletion, **kw: Any
 ) -> ChatCompletion:
-    """Send the tool's result for `first`'s call back (tools still offered, `auto`)."""
+    """Send the tool's result for `first`'s call back (tools still offered, `auto`, one call
+    at most: a model that calls again must stop after that call)."""
     message = first.choices[0].message
     assert message.tool_calls
     call = message.tool_calls[0]
@@ -172,6 +176,7 @@ def answer_tool_result(
         message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps(WEATHER_RESULT)},
     ]
+    kw.setdefault("parallel_tool_calls", False)
     return chat(client, model, messages, tools=TOOLS, tool_choice="auto", **kw)
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from live_server import LiveServer, client_for
 from openai import OpenAI
+from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 from realmodel_checks import (
     QWEN_ID,
@@ -61,11 +62,16 @@ def test_stream_equals_whole(client: OpenAI) -> None:
     assert "Paris" in text
 
 
-def test_required_tool_call(client: OpenAI) -> None:
-    out = required_call(client, MODEL)
-    call = out.choices[0].message.tool_calls[0]  # type: ignore[index]
+@pytest.fixture(scope="module")
+def forced_call(client: OpenAI) -> ChatCompletion:
+    """A `tool_choice: "required"` answer (one call that validates: `required_call`), once."""
+    return required_call(client, MODEL)
+
+
+def test_required_tool_call(forced_call: ChatCompletion) -> None:
+    call = forced_call.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    args = validated_call(call)  # type: ignore[arg-type]
+    args = validated_call(call)
     assert isinstance(args, GetWeather) and "paris" in args.city.lower()
 
 
@@ -73,17 +79,19 @@ def test_named_tool_call(client: OpenAI) -> None:
     assert "paris" in named_call(client, MODEL).city.lower()
 
 
-def test_streamed_tool_call_assembles_to_the_whole_one(client: OpenAI) -> None:
+def test_streamed_tool_call_assembles_to_the_whole_one(
+    client: OpenAI, forced_call: ChatCompletion
+) -> None:
+    """The same request as `forced_call`, streamed."""
     kw = {"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False}
-    whole = chat(client, MODEL, WEATHER_QUESTION, max_tokens=80, **kw)
     chunks = list(
         client.chat.completions.create(
             model=MODEL,
-            messages=WEATHER_QUESTION,  # type: ignore[arg-type]
+            messages=WEATHER_QUESTION,
             temperature=0,
             max_tokens=80,
             stream=True,
-            **kw,  # type: ignore[arg-type]
+            **kw,
         )
     )
     name, arguments, finish = "", "", None
@@ -96,7 +104,7 @@ def test_streamed_tool_call_assembles_to_the_whole_one(client: OpenAI) -> None:
             if delta.function is not None:
                 name += delta.function.name or ""
                 arguments += delta.function.arguments or ""
-    call = whole.choices[0].message.tool_calls[0]  # type: ignore[index]
+    call = forced_call.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert (name, json.loads(arguments)) == (
         call.function.name,  # type: ignore[union-attr]
         json.loads(call.function.arguments),  # type: ignore[union-attr]
@@ -108,16 +116,17 @@ def test_auto_tool_round_trip(client: OpenAI) -> None:
     """The model decides to call get_weather; its result goes back and is answered.
 
     Qwen2.5-Coder-0.5B answers a tool result by calling again (measured: unconstrained,
-    it repeats the call): the answer must be well formed (calls parsed, never call JSON
-    in the text), not necessarily words. SmolLM2's suite checks a worded answer.
+    it repeats the call until max_tokens): the answer must be well formed (with
+    `parallel_tool_calls` off, one call parsed, never call JSON in the text), not
+    necessarily words. SmolLM2's suite checks a worded answer.
     """
     first = chat(client, MODEL, WEATHER_QUESTION, tools=TOOLS, tool_choice="auto", max_tokens=80)
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls", choice.message
     assert choice.message.tool_calls, choice.message
     call = choice.message.tool_calls[0]
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert "paris" in validated_call(call).model_dump()["city"].lower()  # type: ignore[arg-type]
+    assert call.function.name == "get_weather"
+    assert "paris" in validated_call(call).model_dump()["city"].lower()
     assert not (choice.message.content or "").strip()
 
     final = answer_tool_result(client, MODEL, first, max_tokens=60)
@@ -136,7 +145,7 @@ def test_replayed_tool_result_is_answered(client: OpenAI) -> None:
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": json.dumps(WEATHER_RESULT)},
     ]
-    out = chat(client, MODEL, messages, tools=TOOLS, max_tokens=60)
+    out = chat(client, MODEL, messages, tools=TOOLS, parallel_tool_calls=False, max_tokens=60)
     assert_well_formed_answer(out.choices[0])
 
 

@@ -46,8 +46,8 @@ def test_chat_and_stream(client: OpenAI) -> None:
 def test_tool_round_trip(client: OpenAI) -> None:
     """A required call, its result sent back, and an answer in words that uses it."""
     first = required_call(client, MODEL)
-    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
     final = answer_tool_result(client, MODEL, first, max_tokens=40)
     text = assert_well_formed_answer(final.choices[0])
     assert text is not None and "18" in text, final.choices[0]
