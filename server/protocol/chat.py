@@ -143,9 +143,8 @@ class ChatCompletionRequest(SamplingRequest):
                 msg["tool_calls"] = [call.prompt_dict() for call in m.tool_calls]
             if m.tool_call_id is not None:
                 msg["tool_call_id"] = m.tool_call_id
-            reasoning = (m.model_extra or {}).get("reasoning_content") or (
-                m.model_extra or {}
-            ).get("reasoning")
+            extra = m.model_extra or {}
+            reasoning = extra.get("reasoning_content") or extra.get("reasoning")
             if m.role == "assistant" and isinstance(reasoning, str) and reasoning:
                 # earlier reasoning, for templates that show it (Qwen3 in tool loops)
                 msg["reasoning_content"] = reasoning
