@@ -61,8 +61,8 @@ class ReasoningSplitter:
 
     @property
     def state(self) -> str:
-        """"start" (a block may still open), "opened", "thinking", "after" (the block
-        just closed) or "answer"."""
+        """Where the text is: `start` (a block may still open), `opened`, `thinking`,
+        `after` (the block just closed) or `answer`."""
         return self._state
 
     def feed(self, text: str) -> tuple[str, str]:
