@@ -331,7 +331,9 @@ def _scored(logits: Any, targets: list[int], top: int) -> list[Sampled]:
         best[:, j] = logprobs.argmax(axis=1)
         values[:, j] = logprobs[rows, best[:, j]]
         logprobs[rows, best[:, j]] = -np.inf
-    alternatives = zip(targets, own, best.tolist(), values.tolist(), strict=True)
+    best_ids: list[Any] = best.tolist()  # rows (numpy's stubs type tolist() as 1-D)
+    best_values: list[Any] = values.tolist()
+    alternatives = zip(targets, own, best_ids, best_values, strict=True)
     return [Sampled(t, lp, tuple(zip(i, v, strict=True))) for t, lp, i, v in alternatives]
 
 
