@@ -183,8 +183,8 @@ def answer_tool_result(
 def assert_well_formed_answer(choice: Any) -> str | None:
     """An answer after a tool result: valid tool calls, or text; its text when it is text.
 
-    A tool call the model writes must come back as `tool_calls`, never as text: neither
-    the call markup nor the bare call JSON may leak into the content.
+    A call the model writes with its markers must come back as `tool_calls`: the markers
+    never show in the content. (Call-like JSON without them is the model's text.)
     """
     message = choice.message
     if message.tool_calls:
@@ -195,7 +195,7 @@ def assert_well_formed_answer(choice: Any) -> str | None:
     assert choice.finish_reason in ("stop", "length"), choice
     text: str = message.content or ""
     assert text.strip(), choice
-    assert "<tool_call>" not in text and '"arguments"' not in text, text
+    assert "<tool_call>" not in text and "</tool_call>" not in text, text
     return text
 
 

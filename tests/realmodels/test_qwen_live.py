@@ -115,10 +115,10 @@ def test_streamed_tool_call_assembles_to_the_whole_one(
 def test_auto_tool_round_trip(client: OpenAI) -> None:
     """The model decides to call get_weather; its result goes back and is answered.
 
-    Qwen2.5-Coder-0.5B answers a tool result by calling again (measured: unconstrained,
-    it repeats the call until max_tokens): the answer must be well formed (with
-    `parallel_tool_calls` off, one call parsed, never call JSON in the text), not
-    necessarily words. SmolLM2's suite checks a worded answer.
+    Qwen2.5-Coder-0.5B answers a tool result by writing the call again as bare JSON text
+    (no `<tool_call>` token: its logprobs show `{"` first) until max_tokens, so the answer
+    is held to form (calls parsed, no markers in the text), not to words. SmolLM2's suite
+    checks a worded answer.
     """
     first = chat(client, MODEL, WEATHER_QUESTION, tools=TOOLS, tool_choice="auto", max_tokens=80)
     choice = first.choices[0]
@@ -129,7 +129,7 @@ def test_auto_tool_round_trip(client: OpenAI) -> None:
     assert "paris" in validated_call(call).model_dump()["city"].lower()
     assert not (choice.message.content or "").strip()
 
-    final = answer_tool_result(client, MODEL, first, max_tokens=60)
+    final = answer_tool_result(client, MODEL, first, max_tokens=40)
     assert_well_formed_answer(final.choices[0])
 
 
@@ -145,7 +145,7 @@ def test_replayed_tool_result_is_answered(client: OpenAI) -> None:
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": json.dumps(WEATHER_RESULT)},
     ]
-    out = chat(client, MODEL, messages, tools=TOOLS, parallel_tool_calls=False, max_tokens=60)
+    out = chat(client, MODEL, messages, tools=TOOLS, parallel_tool_calls=False, max_tokens=40)
     assert_well_formed_answer(out.choices[0])
 
 
