@@ -313,6 +313,11 @@ class GGUFEngine(Engine):
         return np.ctypeslib.as_array(row, shape=(self._vocab,)).copy()
 
 
+#: up to this many alternatives, one argmax pass per alternative beats an argpartition of
+#: every row (~8 ms a pass against ~100 ms for 512 rows of a 49k vocabulary)
+_ARGMAX_PASSES = 8
+
+
 def _scored(logits: Any, targets: list[int], top: int) -> list[Sampled]:
     """`targets[i]` with its logprob and `top` best alternatives under `logits[i]`."""
     import numpy as np
@@ -323,17 +328,24 @@ def _scored(logits: Any, targets: list[int], top: int) -> list[Sampled]:
     logprobs -= np.log(total).astype(np.float32)
     rows = np.arange(len(targets))
     own = logprobs[rows, targets].tolist()
-    # the best ids one argmax pass at a time (best first, ties to the lower id): for the
-    # 20 at most asked, ~4x faster than argpartition over a 49k vocabulary
-    best = np.empty((len(targets), min(top, logprobs.shape[1])), dtype=np.int64)
-    values = np.empty(best.shape, dtype=np.float32)
-    for j in range(best.shape[1]):
-        best[:, j] = logprobs.argmax(axis=1)
-        values[:, j] = logprobs[rows, best[:, j]]
-        logprobs[rows, best[:, j]] = -np.inf
-    best_ids: list[Any] = best.tolist()  # rows (numpy's stubs type tolist() as 1-D)
-    best_values: list[Any] = values.tolist()
-    alternatives = zip(targets, own, best_ids, best_values, strict=True)
+    k = min(top, logprobs.shape[1])
+    best: Any  # (rows, k) ids, best first, and their logprobs
+    values: Any
+    if k <= _ARGMAX_PASSES:
+        # best first, ties to the lower id; each pass takes its winner out of the running
+        best = np.empty((len(targets), k), dtype=np.int64)
+        values = np.empty(best.shape, dtype=np.float32)
+        for j in range(k):
+            best[:, j] = logprobs.argmax(axis=1)
+            values[:, j] = logprobs[rows, best[:, j]]
+            logprobs[rows, best[:, j]] = -np.inf
+    else:
+        best = np.argpartition(-logprobs, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(logprobs, best, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        best = np.take_along_axis(best, order, axis=1)
+        values = np.take_along_axis(values, order, axis=1)
+    alternatives = zip(targets, own, best.tolist(), values.tolist(), strict=True)
     return [Sampled(t, lp, tuple(zip(i, v, strict=True))) for t, lp, i, v in alternatives]
 
 
