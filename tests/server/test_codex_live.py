@@ -2,7 +2,7 @@
 
 Codex is installed by this test into `~/.cache/pomar/npm` when it is missing (`npm
 install`, from the npm registry; Node 16 or newer); without npm or the registry the test
-is skipped. Codex's default prompt (its base instructions, about 3,800 tokens, plus
+fails, saying so. Codex's default prompt (its base instructions, about 3,800 tokens, plus
 its tool definitions) fits the embedded model's 8,192-token context once pomar leaves its
 hosted tools out, but takes minutes to read on two CPU cores: the test replaces the
 base instructions with one line (`model_instructions_file`) and turns the `goals` tools
@@ -21,6 +21,8 @@ from live_server import LiveServer
 
 NPM_PREFIX = Path.home() / ".cache" / "pomar" / "npm"
 CODEX = NPM_PREFIX / "node_modules" / ".bin" / "codex"
+#: the release this test was written against (a newer one may change its prompt)
+CODEX_VERSION = "0.171.0"
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +31,16 @@ def codex() -> Path:
     if not CODEX.exists():
         npm = shutil.which("npm")
         if npm is None:
-            pytest.skip("npm is not installed: cannot install the Codex CLI")
+            pytest.fail("npm is not installed: cannot install the Codex CLI (install Node.js)")
         NPM_PREFIX.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
-            [npm, "install", "--prefix", str(NPM_PREFIX), "@openai/codex"],
+            [npm, "install", "--prefix", str(NPM_PREFIX), f"@openai/codex@{CODEX_VERSION}"],
             capture_output=True,
             text=True,
             timeout=900,
         )
         if done.returncode != 0 or not CODEX.exists():
-            pytest.skip(f"npm could not install @openai/codex: {done.stderr[-500:]}")
+            pytest.fail(f"npm could not install @openai/codex: {done.stderr[-500:]}")
     return CODEX
 
 

@@ -404,8 +404,7 @@ def test_refusals_name_the_parameter(
 
 
 def test_an_agents_sdk_agent_with_one_tool_completes_a_run(embedded_server: LiveServer) -> None:
-    agents = pytest.importorskip("agents")
-    from agents import Agent, ModelSettings, function_tool, set_tracing_disabled
+    from agents import Agent, ModelSettings, Runner, function_tool, set_tracing_disabled
     from agents.models.openai_responses import OpenAIResponsesModel
 
     set_tracing_disabled(True)
@@ -430,7 +429,7 @@ def test_an_agents_sdk_agent_with_one_tool_completes_a_run(embedded_server: Live
             tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=120
         ),
     )
-    result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=4)
+    result = Runner.run_sync(agent, "What is the weather in Paris?", max_turns=4)
     assert calls, "the agent did not call its tool"
     kinds = [item.type for item in result.new_items]
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"], kinds
