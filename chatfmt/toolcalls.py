@@ -26,11 +26,11 @@ events either way.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chatfmt.callblocks import READERS, Calls, json_call
 from chatfmt.tools import (
     ArgumentsDelta,
     CallStart,
@@ -253,7 +253,7 @@ class BlockParser:
             return
 
     def _read_block(self, block: str, events: list[Event]) -> None:
-        calls = _READERS[self._fmt.name](block, self._fmt, self._schemas)
+        calls = READERS[self._fmt.name](block, self._fmt, self._schemas)
         if calls is not None:
             calls = _custom_inputs(calls, self._custom)
         if calls is None or not calls or any(name not in self._names for name, _ in calls):
@@ -341,13 +341,10 @@ def _read_bare(text: str, names: frozenset[str]) -> Calls:
     except json.JSONDecodeError:
         return None
     items = value if isinstance(value, list) else [value]
-    calls = [_json_call(item, "arguments") for item in items]
+    calls = [json_call(item, "arguments") for item in items]
     if not calls or any(c is None or c[0] not in names for c in calls):
         return None
     return [c for c in calls if c is not None]
-
-
-Calls = list[tuple[str, str]] | None
 
 
 def _custom_inputs(calls: list[tuple[str, str]], custom: frozenset[str]) -> Calls:
@@ -417,103 +414,6 @@ def custom_call_syntax(name: str, fmt: ToolFormat) -> str:
     if fmt.name == "qwen3_coder":
         return "This is a custom tool: its `input` parameter is free-form text."
     return "This is a custom tool: its `input` is free-form text, given as a JSON string."
-
-
-def _read_json_calls(block: str, fmt: ToolFormat, _schemas: Any) -> Calls:
-    """Llama 3 bare JSON calls (`; ` or newline separated), after an optional python tag."""
-    text = block.strip()
-    for marker in fmt.markers:
-        text = text.removeprefix(marker).strip()
-    decoder = json.JSONDecoder()
-    calls: list[tuple[str, str]] = []
-    at = 0
-    while at < len(text):
-        try:
-            value, at = decoder.raw_decode(text, at)
-        except json.JSONDecodeError:
-            return None
-        call = _json_call(value, fmt.arguments_key)
-        if call is None:
-            return None
-        calls.append(call)
-        while at < len(text) and text[at] in " \t\n;,":
-            at += 1
-    return calls
-
-
-def _read_mistral(block: str, fmt: ToolFormat, _schemas: Any) -> Calls:
-    """`[TOOL_CALLS][{...}, ...]` (a JSON list) or, with `[ARGS]`, `NAME[ARGS]{...}` runs."""
-    text = block.strip().removeprefix("[TOOL_CALLS]").strip()
-    if fmt.name == "mistral_args":
-        calls: list[tuple[str, str]] = []
-        for part in text.split("[TOOL_CALLS]"):
-            name, sep, args = part.partition("[ARGS]")
-            if not sep:
-                return None
-            try:
-                calls.append((name.strip(), json.dumps(json.loads(args))))
-            except json.JSONDecodeError:
-                return None
-        return calls
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    items = value if isinstance(value, list) else [value]
-    out = [_json_call(item, "arguments") for item in items]
-    return None if any(c is None for c in out) else [c for c in out if c is not None]
-
-
-_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)</function>", re.S)
-_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.S)
-
-
-def _read_xml(block: str, _fmt: ToolFormat, schemas: Mapping[str, dict[str, Any]]) -> Calls:
-    """Qwen3-Coder's `<function=NAME><parameter=P>VALUE</parameter></function>` blocks."""
-    calls: list[tuple[str, str]] = []
-    for match in _FUNCTION.finditer(block):
-        name = match.group(1).strip()
-        properties = (schemas.get(name) or {}).get("properties") or {}
-        arguments = {
-            key.strip(): _xml_value(value, properties.get(key.strip()))
-            for key, value in _PARAMETER.findall(match.group(2))
-        }
-        calls.append((name, json.dumps(arguments)))
-    return calls or None
-
-
-def _xml_value(text: str, schema: Any) -> Any:
-    """A parameter's text as its schema's type: strings stay text, the rest is JSON."""
-    kind = schema.get("type") if isinstance(schema, dict) else None
-    if kind == "string" or (isinstance(kind, list) and "string" in kind):
-        return text
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _json_call(value: Any, key: str) -> tuple[str, str] | None:
-    """A `{"name", key}` object as (name, JSON arguments); None if it is not one."""
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return None
-    arguments = value.get(key, value.get("arguments", {}))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            return None
-    if not isinstance(arguments, dict):
-        return None
-    return value["name"], json.dumps(arguments)
-
-
-_READERS = {
-    "qwen3_coder": _read_xml,
-    "llama3_json": _read_json_calls,
-    "mistral": _read_mistral,
-    "mistral_args": _read_mistral,
-}
 
 
 def _partial_suffix(text: str, tag: str) -> int:
