@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from chatfmt.tools import partial_suffix
+
 OPEN = "<think>"
 CLOSE = "</think>"
 
@@ -88,7 +90,7 @@ class ReasoningSplitter:
             if self._state == "thinking":
                 at = self._pending.find(self._fmt.close)
                 if at < 0:
-                    keep = _partial_suffix(self._pending, self._fmt.close)
+                    keep = partial_suffix(self._pending, self._fmt.close)
                     cut = len(self._pending) - keep
                     reasoning += self._pending[:cut]
                     self._pending = self._pending[cut:]
@@ -122,10 +124,3 @@ def split_reasoning(text: str, fmt: ReasoningFormat, *, inside: bool) -> tuple[s
     reasoning, answer = splitter.feed(text)
     more_reasoning, more_answer = splitter.finish()
     return reasoning + more_reasoning, answer + more_answer
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0

@@ -39,6 +39,7 @@ from chatfmt.tools import (
     TextDelta,
     ToolCallParser,
     new_call_id,
+    partial_suffix,
 )
 
 
@@ -226,7 +227,7 @@ class BlockParser:
     def _hold(self, text: str) -> int:
         """How much of the end of `text` may still become the open marker."""
         fmt = self._fmt
-        hold = max(_partial_suffix(text, m) for m in (fmt.open, *fmt.markers[:1]) if m)
+        hold = max(partial_suffix(text, m) for m in (fmt.open, *fmt.markers[:1]) if m)
         if fmt.name == "llama3_json" and not self._seen_text and not text.strip():
             hold = len(text)  # blank so far: a bare JSON call may still follow
         return hold
@@ -414,11 +415,3 @@ def custom_call_syntax(name: str, fmt: ToolFormat) -> str:
     if fmt.name == "qwen3_coder":
         return "This is a custom tool: its `input` parameter is free-form text."
     return "This is a custom tool: its `input` is free-form text, given as a JSON string."
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0

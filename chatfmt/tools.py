@@ -278,7 +278,7 @@ class ToolCallParser:
             self._call = _Call(raw=OPEN_TAG)
             self._pending = self._pending[at + len(OPEN_TAG) :]
             return True
-        safe = self._pending[: len(self._pending) - _partial_suffix(self._pending, OPEN_TAG)]
+        safe = self._pending[: len(self._pending) - partial_suffix(self._pending, OPEN_TAG)]
         # trailing blanks wait: dropped if a call follows, kept if text does
         cut = len(safe.rstrip())
         if cut:
@@ -323,7 +323,7 @@ class ToolCallParser:
         assert call.index is not None
         at = self._pending.find(CUSTOM_CLOSE)
         if at < 0:
-            cut = len(self._pending) - _partial_suffix(self._pending, CUSTOM_CLOSE)
+            cut = len(self._pending) - partial_suffix(self._pending, CUSTOM_CLOSE)
             if cut:
                 events.append(ArgumentsDelta(call.index, self._pending[:cut]))
                 self._pending = self._pending[cut:]
@@ -378,7 +378,7 @@ def _scan_arguments(call: _Call, text: str) -> tuple[int, int]:
     return skip, len(text)
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if tag.startswith(text[-n:]):

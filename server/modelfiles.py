@@ -7,8 +7,10 @@ lenient reader of JSON config files. It imports nothing of pomar but its errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,23 @@ def find_gguf(path: Path) -> Path | None:
     if isinstance(source, dict) and Path(str(source.get("path"))).is_file():
         return Path(str(source["path"]))
     return None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (no-op where fcntl is unavailable).
+
+    Two processes building the same model folder (a job and the CLI, two imports) take
+    turns.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows is not a target
+        yield
+        return
+    with path.open("a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -33,12 +33,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from server.engine.gguf.to_hf import Reporter, convert, write_json_atomic
-from server.modelfiles import MARKER_NAME, read_import_marker
+from server.modelfiles import MARKER_NAME, exclusive_lock, read_import_marker
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ def ensure_embedded_model(models_dir: Path, *, progress: bool = True) -> Path:
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(dest.parent / f".{EMBEDDED_MODEL_ID}.lock"):
+    with exclusive_lock(dest.parent / f".{EMBEDDED_MODEL_ID}.lock"):
         if _is_current(dest, gguf):  # another process finished it while we waited
             return dest
         _remove_leftovers(dest.parent)
@@ -197,22 +196,6 @@ def _source_info(gguf: Path, sha256: str | None = None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- filesystem
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (no-op where fcntl is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows is not a target
-        yield
-        return
-    with path.open("a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _remove_leftovers(models_dir: Path) -> None:

@@ -29,13 +29,13 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from server.errors import ModelLoadError, ModelNotTrainable
-from server.modelfiles import find_gguf, read_json_object
+from server.modelfiles import exclusive_lock, find_gguf, read_json_object
 from server.models.store import MANIFEST, CatalogError
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def ensure_training_copy(
     if base.gguf is None or base.ready:
         return base.folder
     owner = base.folder.parent
-    with _exclusive_lock(owner / f"{TRAIN_DIR}.lock"):
+    with exclusive_lock(owner / f"{TRAIN_DIR}.lock"):
         if base.ready:  # built by another process while we waited
             return base.folder
         _remove_leftovers(owner)
@@ -323,19 +323,6 @@ def _version(distribution: str) -> str | None:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `path` (two jobs, or a job and the CLI)."""
-    import fcntl
-
-    with path.open("a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _remove_leftovers(owner: Path) -> None:
