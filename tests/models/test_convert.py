@@ -16,6 +16,7 @@ from live_server import LiveServer, client_for
 
 from server.models.convert import convert_model, default_id
 from server.models.store import CatalogEntry, CatalogError, ModelCatalog
+from tests.models.tiny_store import tiny_catalog
 from tests.prompts import PARIS_QUESTION
 
 PROMPT = "What is the capital of France?"
@@ -29,14 +30,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def catalog(home: Path, tiny_model_path: Path) -> ModelCatalog:
     """A store holding the tiny model as `tiny` (fp32 Hugging Face folder)."""
-    store = ModelCatalog(home / "models")
-
-    def copy(folder: Path) -> None:
-        for path in tiny_model_path.iterdir():
-            shutil.copy2(path, folder / path.name)
-
-    store.add("tiny", copy, format="hf", source="imported", precision="fp32")
-    return store
+    return tiny_catalog(home, tiny_model_path)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from server.engine.gguf.quantize import QUANT_BITS, QUANT_TYPES
 from server.engine.gguf.to_hf import Reporter
 from server.models.convert import convert_model, default_id
 from server.models.store import CatalogEntry, CatalogError, ModelCatalog
+from tests.models.tiny_store import tiny_catalog
 from tests.prompts import PARIS_QUESTION
 
 
@@ -32,14 +33,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def catalog(home: Path, tiny_model_path: Path) -> ModelCatalog:
     """A store holding the tiny model as `tiny` (fp32 Hugging Face folder)."""
-    store = ModelCatalog(home / "models")
-
-    def copy(folder: Path) -> None:
-        for path in tiny_model_path.iterdir():
-            shutil.copy2(path, folder / path.name)
-
-    store.add("tiny", copy, format="hf", source="imported", precision="fp32")
-    return store
+    return tiny_catalog(home, tiny_model_path)
 
 
 def tensor_types(entry: CatalogEntry) -> tuple[str, dict[str, str]]:
