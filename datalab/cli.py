@@ -56,9 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help="print the report as JSON")
         _add_model_flags(c, PipelineConfig, "thresholds")
         _add_model_flags(c, EstimateConfig, "estimate")
-    v = sub.add_parser("convert", help="convert between chat, Alpaca and text formats")
+    v = sub.add_parser(
+        "convert", help="convert between chat, Alpaca and text formats, or to preference pairs"
+    )
     v.add_argument("file", type=Path)
-    v.add_argument("--to", choices=["chat", "alpaca", "text"], required=True)
+    v.add_argument("--to", choices=["chat", "alpaca", "text", "preference"], required=True)
     v.add_argument("--template", choices=["chatml", "alpaca"], default="chatml")
     v.add_argument("--out", type=Path, help="output file (default: standard output)")
     return p

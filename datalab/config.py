@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from datalab.estimate import EstimateConfig
 
 Goal = Literal["style", "domain", "knowledge", "behaviour"]
+Method = Literal["auto", "supervised", "dpo"]
 
 
 class PipelineConfig(BaseModel):
@@ -33,6 +34,11 @@ class PipelineConfig(BaseModel):
     strict: bool = Field(False, description="any invalid record blocks training (OpenAI-like)")
     allow_mixed_formats: bool = Field(
         False, description="accept a file mixing formats (otherwise it cannot train)"
+    )
+    method: Method = Field(
+        "auto",
+        description="fine-tuning method the file is for: supervised (conversations), dpo "
+        "(preference pairs), or auto (from the records)",
     )
     # Deduplication.
     dedupe: bool = Field(True, description="drop exact duplicates (after normalisation)")

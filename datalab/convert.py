@@ -1,19 +1,21 @@
-"""Convert a JSONL file between formats: chat, Alpaca, or text (ChatML / Alpaca prompts)."""
+"""Convert a JSONL file between formats: chat, Alpaca, text (ChatML / Alpaca prompts), or
+preference pairs in OpenAI's DPO shape (from prompt/chosen/rejected)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel
 
-from datalab.formats import parse_record
+from datalab.formats import PAIR_FORMATS, detect_format, parse_record
+from datalab.preference import parse_pair
 from datalab.problems import Code, Problem, ProblemLog
 from datalab.reader import ReadStats, read_records
 from datalab.writers import chat_line, json_line, render_chatml, to_alpaca, to_alpaca_prompt
 
-Target = Literal["chat", "alpaca", "text"]
+Target = Literal["chat", "alpaca", "text", "preference"]
 Template = Literal["chatml", "alpaca"]
 
 
@@ -39,6 +41,9 @@ def convert_file(
     formats: Counter[str] = Counter()
     written = 0
     for raw in read_records(src, log, stats):
+        if to == "preference":
+            written += _write_pair(raw.obj, raw.line, out, log, formats)
+            continue
         fmt, record, problems = parse_record(raw.obj, raw.line)
         if fmt is not None:
             formats[fmt.value] += 1
@@ -71,3 +76,26 @@ def convert_file(
         problems=log.problems,
         problem_counts=dict(log.counts),
     )
+
+
+def _write_pair(
+    obj: dict[str, Any], line: int, out: IO[str], log: ProblemLog, formats: Counter[str]
+) -> int:
+    """Write one record as an OpenAI preference line; 1 if written, 0 if reported instead."""
+    fmt = detect_format(obj)
+    if fmt is not None:
+        formats[fmt.value] += 1
+    if fmt not in PAIR_FORMATS:
+        log.add(
+            line,
+            Code.NOT_CONVERTIBLE,
+            f"Line {line}: only preference pairs (prompt/chosen/rejected or OpenAI's "
+            "input/preferred_output/non_preferred_output) can be written as preference; skipped.",
+        )
+        return 0
+    pair, problems = parse_pair(obj, line, fmt)
+    if pair is None:
+        log.extend(problems)
+        return 0
+    out.write(pair.json_line())
+    return 1

@@ -155,6 +155,9 @@ class Estimate(BaseModel):
     epochs: int
     tokens_per_epoch: int
     tokens_estimated: bool = Field(description="True when tokens come from characters / 4")
+    sequences_per_example: int = Field(
+        1, description="sequences one example trains on: 2 for a DPO pair (chosen and rejected)"
+    )
     total_tokens: int
     throughput_tokens_per_s: float
     throughput_source: str
@@ -213,8 +216,14 @@ def estimate_training(
     spec: ModelShape | None = None,
     seq_len: int = 512,
     tokens_estimated: bool = False,
+    sequences_per_example: int = 1,
 ) -> Estimate:
-    """Estimate time (and, with a model spec, memory) of fine-tuning on this data."""
+    """Estimate time (and, with a model spec, memory) of fine-tuning on this data.
+
+    ``tokens_per_epoch`` counts every sequence trained on. A DPO pair trains on two
+    (``sequences_per_example=2``: the prompt with each output), so its batches hold twice
+    the sequences, which the memory figure accounts for.
+    """
     epochs = resolve_epochs(n_examples, cfg.n_epochs)
     total = tokens_per_epoch * epochs
     if cfg.throughput_tokens_per_s is not None:
@@ -225,8 +234,13 @@ def estimate_training(
             tps *= REFERENCE_PARAMS / spec.n_params
         source = f"default for {cfg.backend}" + ("" if spec else " (135M-parameter model)")
     seconds = total / tps if tps > 0 else 0.0
-    memory = estimate_memory(spec, cfg, seq_len) if spec is not None else None
+    memory = None
+    if spec is not None:
+        per_batch = cfg.batch_size * sequences_per_example
+        memory = estimate_memory(spec, cfg.model_copy(update={"batch_size": per_batch}), seq_len)
     msg = f"{epochs} epoch(s) over {total:,} tokens ≈ {_duration(seconds)} at {tps:,.0f} tok/s"
+    if sequences_per_example == 2:
+        msg += " (DPO: each pair runs its prompt with both outputs)"
     if memory is not None:
         verdict = "fits" if memory.fits else "does NOT fit"
         msg += (
@@ -238,6 +252,7 @@ def estimate_training(
         epochs=epochs,
         tokens_per_epoch=tokens_per_epoch,
         tokens_estimated=tokens_estimated,
+        sequences_per_example=sequences_per_example,
         total_tokens=total,
         throughput_tokens_per_s=round(tps, 1),
         throughput_source=source,

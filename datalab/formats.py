@@ -7,7 +7,10 @@ Supported inputs, one JSON object per line:
 * Alpaca — ``{"instruction", "input", "output"}``; ``input`` becomes context in the user turn;
 * Alpaca in Portuguese — ``{"instrucao", "contexto", "resposta"}``, same mapping;
 * prompt/completion — ``{"prompt", "completion"}``;
-* plain text — ``{"text"}``, which becomes a single assistant turn (continued pre-training).
+* plain text — ``{"text"}``, which becomes a single assistant turn (continued pre-training);
+* preference pairs for DPO — OpenAI's ``{"input": {"messages": [...]}, "preferred_output": [...],
+  "non_preferred_output": [...]}`` and TRL's ``{"prompt", "chosen", "rejected"}``. These are not
+  conversations: :mod:`datalab.preference` reads them, and :func:`parse_record` only names them.
 
 The format is decided per record from its keys, never from the first record of the file, so
 a file that mixes formats can be reported instead of being silently coerced.
@@ -34,6 +37,12 @@ class Format(str, Enum):
     ALPACA_PT = "alpaca_pt"
     PROMPT_COMPLETION = "prompt_completion"
     TEXT = "text"
+    PREFERENCE = "preference"
+    PROMPT_CHOSEN_REJECTED = "prompt_chosen_rejected"
+
+
+#: Formats whose records are preference pairs (DPO data), read by :mod:`datalab.preference`.
+PAIR_FORMATS = frozenset({Format.PREFERENCE, Format.PROMPT_CHOSEN_REJECTED})
 
 
 def _type_name(value: Any) -> str:
@@ -85,6 +94,40 @@ class Message(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+def tool_call_error(call: dict[str, Any]) -> str | None:
+    """What is wrong with one tool call of an assistant message, or None when nothing is.
+
+    OpenAI's shape: ``{"id": ..., "type": "function", "function": {"name": ..., "arguments":
+    "<JSON text>"}}``, or a ``custom`` call with ``custom.name`` and ``custom.input``. Templates
+    read the name and the arguments, so a call without them cannot be rendered.
+    """
+    kind = call.get("type", "function")
+    if kind not in ("function", "custom"):
+        return f"type must be 'function' or 'custom', got {kind!r}"
+    body = call.get(kind)
+    key = "arguments" if kind == "function" else "input"
+    if not isinstance(body, dict):
+        return f"`{kind}` must be an object with `name` and `{key}`"
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        return f"{kind}.name must be a non-empty string"
+    if not isinstance(body.get(key), str):
+        return f"{kind}.{key} must be a string" + (" (JSON text)" if key == "arguments" else "")
+    if not isinstance(call.get("id", ""), str):
+        return "id must be a string"
+    return None
+
+
+def check_tool_calls(msg: Message, field: str) -> None:
+    """Raise ``invalid_tool_call`` for the first malformed tool call of ``msg``."""
+    for j, call in enumerate(msg.tool_calls or ()):
+        detail = tool_call_error(call)
+        if detail is not None:
+            raise PydanticCustomError(
+                Code.INVALID_TOOL_CALL, detail, {"field": f"{field}.tool_calls[{j}]"}
+            )
+
+
 class ChatRecord(BaseModel):
     """One training example: a conversation plus optional tool definitions."""
 
@@ -98,6 +141,8 @@ class ChatRecord(BaseModel):
         # One Python call per record (not per message) checks the cross-field rules.
         has_assistant = has_trained = False
         for i, m in enumerate(self.messages):
+            if m.tool_calls is not None:
+                check_tool_calls(m, f"messages[{i}]")
             if m.role == "assistant":
                 has_assistant = True
                 has_trained = has_trained or m.weight != 0
@@ -192,11 +237,18 @@ class TextRecord(BaseModel):
 
 _SourceModel = AlpacaRecord | AlpacaPtRecord | PromptCompletionRecord | TextRecord
 
-# The key that identifies each format, in priority order.
+# The key that identifies each format, in priority order. A preference pair's keys come
+# first, so that one written with a top-level `messages` is reported as a pair lacking
+# `input.messages`; `input` names a pair only when it is an object (Alpaca's is a string).
 _SIGNATURES: tuple[tuple[str, Format], ...] = (
+    ("preferred_output", Format.PREFERENCE),
+    ("non_preferred_output", Format.PREFERENCE),
+    ("chosen", Format.PROMPT_CHOSEN_REJECTED),
+    ("rejected", Format.PROMPT_CHOSEN_REJECTED),
     ("messages", Format.CHAT),
     ("instruction", Format.ALPACA),
     ("instrucao", Format.ALPACA_PT),
+    ("input", Format.PREFERENCE),
     ("prompt", Format.PROMPT_COMPLETION),
     ("completion", Format.PROMPT_COMPLETION),
     ("text", Format.TEXT),
@@ -212,7 +264,7 @@ _MODELS: dict[Format, type[_SourceModel]] = {
 def detect_format(obj: dict[str, Any]) -> Format | None:
     """The format of one record, from its keys; None when no known key is present."""
     for key, fmt in _SIGNATURES:
-        if key in obj:
+        if key in obj and (key != "input" or isinstance(obj[key], dict)):
             return fmt
     return None
 
@@ -227,15 +279,20 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 
 # Errors our validators raise with PydanticCustomError carry their code as the error type.
 _CUSTOM_CODES = frozenset(
-    {Code.INVALID_WEIGHT, Code.NO_ASSISTANT_MESSAGE, Code.NO_TRAINABLE_MESSAGE}
+    {
+        Code.INVALID_WEIGHT,
+        Code.NO_ASSISTANT_MESSAGE,
+        Code.NO_TRAINABLE_MESSAGE,
+        Code.INVALID_TOOL_CALL,
+    }
 )
 
 
-def _problem(line: int, e: Any) -> Problem:
-    loc: tuple[int | str, ...] = e["loc"]
+def _problem(line: int, e: Any, prefix: tuple[int | str, ...] = ()) -> Problem:
+    loc: tuple[int | str, ...] = (*prefix, *e["loc"])
     kind: str = e["type"]
     ctx = e.get("ctx") or {}
-    field = ctx.get("field") or field_path(loc) or None
+    field = (field_path((*prefix, ctx["field"])) if ctx.get("field") else field_path(loc)) or None
     last = loc[-1] if loc else None
     value = e.get("input")
     if kind in _CUSTOM_CODES:
@@ -258,9 +315,14 @@ def _problem(line: int, e: Any) -> Problem:
     return Problem(line=line, code=code, field=field, message=f"Line {line}: {where}{msg}")
 
 
-def problems_from_error(err: ValidationError, line: int) -> list[Problem]:
-    """Turn pydantic's errors into problems with our stable codes and field paths."""
-    return [_problem(line, e) for e in err.errors(include_url=False)]
+def problems_from_error(
+    err: ValidationError, line: int, prefix: tuple[int | str, ...] = ()
+) -> list[Problem]:
+    """Turn pydantic's errors into problems with our stable codes and field paths.
+
+    ``prefix`` is where the validated value sits in the record (e.g. ``("input.messages",)``).
+    """
+    return [_problem(line, e, prefix) for e in err.errors(include_url=False)]
 
 
 def parse_record(
@@ -282,10 +344,17 @@ def parse_record(
                     code=Code.MISSING_MESSAGES,
                     field="messages",
                     message=f"Line {line}: no `messages` field (nor instruction/output, "
-                    f"instrucao/resposta, prompt/completion or text); keys found: {keys}",
+                    f"instrucao/resposta, prompt/completion, text, or a preference pair's "
+                    f"input/preferred_output/non_preferred_output); keys found: {keys}",
                 )
             ],
         )
+    if fmt in PAIR_FORMATS:
+        message = (
+            f"Line {line}: a preference pair ({fmt.value}), not a conversation; "
+            "read it with datalab.preference.parse_pair"
+        )
+        return fmt, None, [Problem(line=line, code=Code.NOT_CONVERTIBLE, message=message)]
     try:
         if fmt is Format.CHAT:
             return fmt, ChatRecord.model_validate(obj), []

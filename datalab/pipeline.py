@@ -25,6 +25,7 @@ from datalab.dedupe import MinHasher, NearDuplicateIndex
 from datalab.diversity import DiversityStats
 from datalab.estimate import Estimate, ModelShape, estimate_training
 from datalab.guidance import SizeGuidance, size_guidance
+from datalab.pairs import TrainingMethod, method_blocking, preference_section, resolve_method
 from datalab.pii import PiiSection, PiiTally
 from datalab.problems import Code, ProblemLog
 from datalab.report import CleaningSection, DedupeSection, FormatSection, Report, ValidFileSection
@@ -161,6 +162,8 @@ def _run(
     if counter is not None:
         ctx = model_context(tokenizer) or (spec.context_length if spec else None)
         tokens = counter.section(keep, config.max_length, ctx, config.max_length_cap)
+    method = resolve_method(config.method, scan.formats)
+    pairs = preference_section(kept.groups, counter, keep) if method == "dpo" else None
     split = SplitSection(
         from_file=vscan is not None,
         group_sources=dict(kept.group_sources),
@@ -172,8 +175,9 @@ def _run(
         leaked_groups=leaked_groups(groups, is_valid),
         note=note,
     )
-    estimate = _estimate(config, spec, scan, counter, tokens, assign, n_train)
+    estimate = _estimate(config, spec, scan, counter, tokens, assign, n_train, method)
     report = _assemble(config, src, valid_src, scan, vscan, bal, tokens, split, estimate, pii)
+    report.method, report.preference = method, pairs
     report.duration_s = round(time.perf_counter() - t0, 3)
     # A pool that broke falls back to this process (see FileScan), which reports 0 here.
     report.workers = n_workers if scan.pool is not None else 0
@@ -211,29 +215,42 @@ def _estimate(
     tokens: TokenSection | None,
     assign: np.ndarray,
     n_train: int,
+    method: TrainingMethod,
 ) -> Estimate | None:
     if n_train == 0:
         return None
     train = assign == 0
+    # A DPO pair trains on two sequences, the prompt with each output (counted: the longer).
+    k = 2 if method == "dpo" else 1
     if counter is not None and tokens is not None:
-        per_epoch = int(np.asarray(counter.counts, dtype=np.int64)[train].sum())
+        per_epoch = k * int(np.asarray(counter.counts, dtype=np.int64)[train].sum())
         seq_len = tokens.max_length
     else:
         # No tokenizer: ~4 characters per token, the usual figure for English BPE vocabularies.
         approx = np.asarray(scan.kept.chars, dtype=np.int64)[train] // 4
-        per_epoch = int(approx.sum())
+        per_epoch = k * int(approx.sum())
         p95 = float(np.percentile(approx, 95))
         context = spec.context_length if spec else None
         seq_len = config.max_length or recommend_max_length(p95, context, config.max_length_cap)
     return estimate_training(
-        n_train, per_epoch, config.estimate, spec, seq_len, tokens_estimated=counter is None
+        n_train, per_epoch, config.estimate, spec, seq_len, counter is None, sequences_per_example=k
     )
 
 
-def _blocking(config: PipelineConfig, scan: FileScan, split: SplitSection) -> list[str]:
+def _blocking(
+    config: PipelineConfig, scan: FileScan, vscan: FileScan | None, split: SplitSection
+) -> list[str]:
     """Why the file cannot train (empty when it can); logs the whole-file problems."""
     log, blocking = scan.log, []
-    if len(scan.formats) > 1:
+    # Preference pairs and conversations never train together, whatever allow_mixed_formats.
+    mismatch = method_blocking(config.method, scan.formats, scan.first_line, log)
+    if vscan is not None:
+        method = resolve_method(config.method, scan.formats)
+        vmismatch = method_blocking(method, vscan.formats, vscan.first_line, vscan.log)
+        blocking += [f"validation file: {vmismatch}"] if vmismatch else []
+    if mismatch is not None:
+        blocking.insert(0, mismatch)
+    elif len(scan.formats) > 1:
         primary = scan.formats.most_common(1)[0][0]
         first = min(v for k, v in scan.first_line.items() if k != primary)
         mix = ", ".join(
@@ -304,7 +321,7 @@ def _assemble(
     estimate: Estimate | None,
     pii: PiiTally,
 ) -> Report:
-    blocking = _blocking(config, scan, split)
+    blocking = _blocking(config, scan, vscan, split)
     assert scan.diversity is not None
     diversity = scan.diversity.section(scan.n_exact + scan.n_near, scan.n_valid)
     guidance = None

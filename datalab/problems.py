@@ -37,6 +37,15 @@ class Code:
     NO_ASSISTANT_MESSAGE: Final = "no_assistant_message"
     NO_TRAINABLE_MESSAGE: Final = "no_trainable_message"
     INVALID_WEIGHT: Final = "invalid_weight"
+    INVALID_TOOL_CALL: Final = "invalid_tool_call"
+    # Structure of a preference pair (DPO data).
+    MISSING_INPUT_MESSAGES: Final = "missing_input_messages"
+    MISSING_OUTPUT: Final = "missing_output"
+    OUTPUT_NOT_ONE_MESSAGE: Final = "output_not_one_message"
+    OUTPUT_NOT_ASSISTANT: Final = "output_not_assistant"
+    INPUT_ENDS_WITH_ASSISTANT: Final = "input_ends_with_assistant"
+    INPUT_ENDS_WITH_SYSTEM: Final = "input_ends_with_system"
+    IDENTICAL_OUTPUTS: Final = "identical_outputs"
     # Quality rules.
     ANSWER_TOO_SHORT: Final = "answer_too_short"
     ANSWER_TOO_LONG: Final = "answer_too_long"
@@ -46,6 +55,8 @@ class Code:
     # Whole-file findings.
     TOO_FEW_EXAMPLES: Final = "too_few_examples"
     MIXED_FORMATS: Final = "mixed_formats"
+    MIXED_PREFERENCE_AND_CHAT: Final = "mixed_preference_and_chat"
+    METHOD_MISMATCH: Final = "method_mismatch"
     VALID_OVERLAPS_TRAIN: Final = "valid_overlaps_train"
     NOT_CONVERTIBLE: Final = "not_convertible"
 
@@ -60,6 +71,8 @@ NOT_RECORD_ERRORS = frozenset(
         Code.EMPTY_FILE,
         Code.TOO_FEW_EXAMPLES,
         Code.MIXED_FORMATS,
+        Code.MIXED_PREFERENCE_AND_CHAT,
+        Code.METHOD_MISMATCH,
         Code.OVER_MAX_LENGTH,
     }
 )

@@ -9,6 +9,7 @@ from rich.table import Table
 from datalab.report import Report
 
 MAX_PROBLEM_ROWS = 12
+MAX_LINE_ROWS = 20
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -44,6 +45,38 @@ def _problems(r: Report) -> Table:
         lines = ", ".join(str(p.line) for p in found[:5])
         severity = found[0].severity if found else ""
         t.add_row(code, f"{n:,}", severity, lines, found[0].message if found else "")
+    return t
+
+
+def _by_line(r: Report) -> Table:
+    t = _table("Problems by line", "line", "code", "message")
+    t.columns[0].justify = "right"
+    t.columns[2].justify = "left"
+    for p in r.problems[:MAX_LINE_ROWS]:
+        where = str(p.line) if p.file == "train" else f"valid {p.line}"
+        t.add_row(where, p.code, p.message)
+    return t
+
+
+def _pairs(r: Report) -> Table:
+    pr = r.preference
+    assert pr is not None
+    t = _table("Preference pairs (DPO)", "", "")
+    t.add_row("pairs / distinct prompts", f"{pr.n_pairs:,} / {pr.n_prompts:,}")
+    t.add_row("most pairs for one prompt", f"{pr.max_pairs_per_prompt:,}")
+    if pr.tokens is not None:
+        k = pr.tokens
+        for name, st in (
+            ("prompt", k.prompt),
+            ("preferred output", k.preferred),
+            ("non-preferred output", k.non_preferred),
+            ("prompt + longer output", k.longest),
+        ):
+            t.add_row(
+                f"{name} tokens min / median / p95 / max",
+                f"{st.min} / {st.median:.0f} / {st.p95:.0f} / {st.max:,}",
+            )
+        t.add_row("tokens per pair in a step (2 x longer)", f"{k.step_tokens_mean:,.0f} mean")
     return t
 
 
@@ -98,9 +131,16 @@ def render_report(report: Report, console: Console) -> None:
             f"• {reason}" for reason in report.blocking_reasons
         )
     console.print(Panel(verdict, title=report.source, expand=False))
+    fmts = ", ".join(f"{k} {v:,}" for k, v in report.formats.counts.items()) or "none"
+    kind = "preference pairs (DPO)" if report.method == "dpo" else "supervised"
+    console.print(f"Format: {fmts}; method: {kind}", highlight=False)
     console.print(_overview(report))
     if report.problem_counts:
         console.print(_problems(report))
+        if report.problems:
+            console.print(_by_line(report))
+    if report.preference is not None:
+        console.print(_pairs(report))
     if report.dedupe.clusters:
         c = _table("Largest duplicate clusters", "kept line", "size", "kind", "duplicate lines")
         for cl in report.dedupe.clusters[:5]:

@@ -10,6 +10,7 @@ from datalab.dedupe import Cluster
 from datalab.diversity import DiversitySection
 from datalab.estimate import Estimate
 from datalab.guidance import SizeGuidance
+from datalab.pairs import PreferenceSection, TrainingMethod
 from datalab.pii import PiiSection
 from datalab.problems import NOT_RECORD_ERRORS, Problem
 from datalab.split import SplitSection
@@ -65,6 +66,11 @@ class Report(BaseModel):
     duration_s: float
     workers: int = Field(0, description="worker processes that did per-record work (0: none)")
     can_train: bool
+    method: TrainingMethod = Field(
+        "supervised",
+        description="what the prepared files train: supervised (chat JSONL) or dpo "
+        "(preference pairs in OpenAI's shape)",
+    )
     blocking_reasons: list[str]
     warnings: list[str]
     n_lines: int = Field(description="physical lines read")
@@ -85,6 +91,9 @@ class Report(BaseModel):
     balance: BalanceSection | None
     diversity: DiversitySection
     tokens: TokenSection | None
+    preference: PreferenceSection | None = Field(
+        None, description="the pairs, for a DPO file (tokens per prompt and output)"
+    )
     pii: PiiSection
     guidance: SizeGuidance | None
     split: SplitSection
@@ -96,6 +105,8 @@ class Report(BaseModel):
     def summary(self) -> str:
         """One paragraph for a job event or a log line."""
         parts = [f"{self.n_records:,} records: {self.n_valid:,} valid, {self.n_invalid:,} invalid"]
+        if self.method == "dpo":
+            parts[0] = "Preference pairs (DPO): " + parts[0]
         errors = {
             k: v
             for k, v in sorted(self.problem_counts.items(), key=lambda kv: -kv[1])

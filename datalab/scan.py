@@ -23,11 +23,11 @@ import numpy as np
 from datalab.config import PipelineConfig
 from datalab.dedupe import ClusterLog, MinHasher, NearDuplicateIndex
 from datalab.diversity import DiversityStats, RecordFigures
-from datalab.formats import ChatRecord
 from datalab.pii import PiiTally
+from datalab.preference import PreferencePair
 from datalab.problems import Code, ProblemLog
 from datalab.reader import Line, ReadStats, iter_lines
-from datalab.record import Outcome, process_chunk, process_line
+from datalab.record import Outcome, Record, is_pair, process_chunk, process_line
 from datalab.tokens import TokenCounter
 
 BATCH_RECORDS = 2048
@@ -105,7 +105,7 @@ class FileScan:
         self.changes: Counter[str] = Counter()
         self.n_records = self.n_invalid = self.n_valid = 0
         self.n_changed = self.n_exact = self.n_near = self.n_overlap = 0
-        self._pending: list[tuple[Outcome, ChatRecord | None]] = []
+        self._pending: list[tuple[Outcome, Record | None]] = []
         self._pending_bytes = 0
         self._count: Callable[[str], int] | None = None
         if tokens is not None and config.max_answer_tokens is not None:
@@ -122,7 +122,7 @@ class FileScan:
         self.n_invalid = self.n_records - self.n_valid
         return self
 
-    def _outcomes(self, lines: Iterator[Line]) -> Iterator[tuple[Outcome, ChatRecord | None]]:
+    def _outcomes(self, lines: Iterator[Line]) -> Iterator[tuple[Outcome, Record | None]]:
         in_flight: deque[tuple[Future[ChunkResult] | None, Chunk]] = deque()
         for chunk in _chunks(lines):
             in_flight.append((self._submit(chunk), chunk))
@@ -144,7 +144,7 @@ class FileScan:
 
     def _collect(
         self, future: Future[ChunkResult] | None, chunk: Chunk
-    ) -> Iterator[tuple[Outcome, ChatRecord | None]]:
+    ) -> Iterator[tuple[Outcome, Record | None]]:
         if future is None:
             for n, data in chunk:
                 yield process_line(n, data, self.config, self.changes, self._count)
@@ -160,7 +160,7 @@ class FileScan:
         for o in outcomes:
             yield make(o), None
 
-    def _take(self, o: Outcome, record: ChatRecord | None) -> None:
+    def _take(self, o: Outcome, record: Record | None) -> None:
         if o.fmt is not None:
             self.formats[o.fmt] += 1
             self.first_line.setdefault(o.fmt, o.line)
@@ -200,13 +200,18 @@ class FileScan:
         if not batch:
             return
         matches: list[int | None] = [None] * len(batch)
-        if self.dd.near is not None and self.dd.hasher is not None:
-            if all(o.sig for o, _ in batch):  # computed by the worker processes
-                sigs = np.frombuffer(b"".join([o.sig for o, _ in batch]), dtype=np.uint32)
-                sigs = sigs.reshape(len(batch), -1)
+        # Preference pairs are only deduplicated exactly (see datalab.pairs).
+        near = [i for i, (o, _) in enumerate(batch) if not is_pair(o)]
+        if self.dd.near is not None and self.dd.hasher is not None and near:
+            items = [batch[i][0] for i in near]
+            if all(o.sig for o in items):  # computed by the worker processes
+                sigs = np.frombuffer(b"".join([o.sig for o in items]), dtype=np.uint32)
+                sigs = sigs.reshape(len(items), -1)
             else:
-                sigs = self.dd.hasher.signatures([o.norm_text.encode("utf-8") for o, _ in batch])
-            matches = self.dd.near.add_batch([o.line for o, _ in batch], sigs)
+                sigs = self.dd.hasher.signatures([o.norm_text.encode("utf-8") for o in items])
+            found = self.dd.near.add_batch([o.line for o in items], sigs)
+            for i, match in zip(near, found, strict=True):
+                matches[i] = match
         out: list[str] = []
         for (o, record), match in zip(batch, matches, strict=True):
             if match is not None:
@@ -219,21 +224,25 @@ class FileScan:
             # One write per batch: a read/write text file resets its decoder on every write.
             self.spool.write("".join(out))
 
-    def _keep(self, o: Outcome, record: ChatRecord | None) -> None:
+    def _keep(self, o: Outcome, record: Record | None) -> None:
         if o.pii:
             self.pii.add(o.line, list(o.pii))
         if self.diversity is not None:
             fig = RecordFigures(o.answer_chars, o.prompt_chars, o.first_word)
             self.diversity.add(fig, o.category, o.norm_text)
         if self.tokens is not None and record is not None:
-            n = self.tokens.add(record)
+            if isinstance(record, PreferencePair):
+                n = self.tokens.add_pair(*record.records())
+            else:
+                n = self.tokens.add(record)
             limit = self.config.max_length
             if limit is not None and n > limit:
+                what = " with its longer output" if isinstance(record, PreferencePair) else ""
                 self.log.add(
                     o.line,
                     Code.OVER_MAX_LENGTH,
-                    f"Line {o.line} is {n:,} tokens, over max_length {limit:,}; training will "
-                    "truncate it.",
+                    f"Line {o.line} is {n:,} tokens{what}, over max_length {limit:,}; "
+                    "training will truncate it.",
                     severity="warning",
                 )
         k = self.kept

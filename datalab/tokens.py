@@ -67,6 +67,8 @@ class TokenCounter:
     def __init__(self, tokenizer: TokenizerLike) -> None:
         self.tokenizer = tokenizer
         self.counts: array[int] = array("I")
+        # Preference pairs: (prompt, chosen, rejected) tokens per pair, flattened.
+        self.pair_counts: array[int] = array("I")
         template = getattr(tokenizer, "chat_template", None)
         self._use_template = bool(template) and hasattr(tokenizer, "apply_chat_template")
 
@@ -90,6 +92,17 @@ class TokenCounter:
     def add(self, record: ChatRecord) -> int:
         """Count one record; returns its token count."""
         n = self.count_text(self.render(record))
+        self.counts.append(min(n, 0xFFFFFFFF))
+        return n
+
+    def add_pair(self, prompt: ChatRecord, chosen: ChatRecord, rejected: ChatRecord) -> int:
+        """Count one preference pair; returns its longer sequence (prompt + longer output).
+
+        ``chosen`` and ``rejected`` are whole conversations (the prompt, then each output).
+        """
+        p, c, r = (self.count_text(self.render(x)) for x in (prompt, chosen, rejected))
+        self.pair_counts.extend(min(n, 0xFFFFFFFF) for n in (p, c, r))
+        n = max(c, r)
         self.counts.append(min(n, 0xFFFFFFFF))
         return n
 

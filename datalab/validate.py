@@ -24,6 +24,59 @@ def count_urls(text: str) -> int:
     return len(_URL.findall(text))
 
 
+def answer_problems(
+    text: str,
+    config: PipelineConfig,
+    count_tokens: Callable[[str], int] | None = None,
+    *,
+    learned: bool = True,
+) -> list[tuple[str, str]]:
+    """(code, message) for each threshold a non-empty answer breaks.
+
+    ``learned=False`` (a preference pair's non-preferred answer, which the model is taught
+    away from) applies only the too-long rules: a short rejected answer is legitimate.
+    """
+    out: list[tuple[str, str]] = []
+    n_chars = len(text)
+    if learned and n_chars < config.min_answer_chars:
+        out.append(
+            (
+                Code.ANSWER_TOO_SHORT,
+                f"answer is {n_chars} characters, under the minimum of {config.min_answer_chars}",
+            )
+        )
+    elif config.max_answer_chars is not None and n_chars > config.max_answer_chars:
+        out.append(
+            (
+                Code.ANSWER_TOO_LONG,
+                f"answer is {n_chars:,} characters, over the maximum of "
+                f"{config.max_answer_chars:,}",
+            )
+        )
+    elif count_tokens is not None and config.max_answer_tokens is not None:
+        n_tokens = count_tokens(text)
+        if n_tokens > config.max_answer_tokens:
+            out.append(
+                (
+                    Code.ANSWER_TOO_LONG,
+                    f"answer is {n_tokens:,} tokens, over the maximum of "
+                    f"{config.max_answer_tokens:,}",
+                )
+            )
+    if not learned:
+        return out
+    # maxsplit stops counting once there are enough words (answers can be long).
+    n_words = len(text.split(None, config.min_words)) if config.min_words else 0
+    if n_words < config.min_words:
+        out.append(
+            (
+                Code.TOO_FEW_WORDS,
+                f"answer has {n_words} word(s), under the minimum of {config.min_words}",
+            )
+        )
+    return out
+
+
 def check_rules(
     record: ChatRecord,
     line: int,
@@ -51,37 +104,8 @@ def check_rules(
         n_urls += count_urls(text)
         if not msg.trained:
             continue
-        n_chars = len(text)
-        if n_chars < config.min_answer_chars:
-            add(
-                Code.ANSWER_TOO_SHORT,
-                field,
-                f"answer is {n_chars} characters, under the minimum of {config.min_answer_chars}",
-            )
-        elif config.max_answer_chars is not None and n_chars > config.max_answer_chars:
-            add(
-                Code.ANSWER_TOO_LONG,
-                field,
-                f"answer is {n_chars:,} characters, over the maximum of "
-                f"{config.max_answer_chars:,}",
-            )
-        elif count_tokens is not None and config.max_answer_tokens is not None:
-            n_tokens = count_tokens(text)
-            if n_tokens > config.max_answer_tokens:
-                add(
-                    Code.ANSWER_TOO_LONG,
-                    field,
-                    f"answer is {n_tokens:,} tokens, over the maximum of "
-                    f"{config.max_answer_tokens:,}",
-                )
-        # maxsplit stops counting once there are enough words (answers can be long).
-        n_words = len(text.split(None, config.min_words)) if config.min_words else 0
-        if n_words < config.min_words:
-            add(
-                Code.TOO_FEW_WORDS,
-                field,
-                f"answer has {n_words} word(s), under the minimum of {config.min_words}",
-            )
+        for code, message in answer_problems(text, config, count_tokens):
+            add(code, field, message)
     if config.max_urls is not None and n_urls > config.max_urls:
         add(
             Code.TOO_MANY_URLS,

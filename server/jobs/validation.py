@@ -25,8 +25,11 @@ def prepare_training_data(
     """datalab over a training run's files: train.jsonl, valid.jsonl, report.json in `data_dir`.
 
     Tokens are measured with the base model's tokenizer. Shared by jobs and `pomar tune`.
+    Both train supervised only (so far): a file of preference pairs is refused
+    (`method_mismatch`) rather than handed to the supervised trainer.
     """
-    config = PipelineConfig(seed=seed, **({"max_length": max_length} if max_length else {}))
+    limit = {"max_length": max_length} if max_length else {}
+    config = PipelineConfig(seed=seed, method="supervised", **limit)
     return prepare(
         train_path,
         data_dir,
