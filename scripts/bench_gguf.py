@@ -80,11 +80,11 @@ def in_process(backend: str, tokens: int, runs: int) -> dict[str, float]:
 
     def stream(ids: list[int], max_tokens: int) -> Any:
         if backend == "gguf-generate":  # llama-cpp-python's own loop and sampler
-            engine._forget(0)
+            engine.clear_cache()
             gen = engine.llama.generate(ids, temp=0.0, top_k=1, reset=True)
             return (t for _, t in zip(range(max_tokens), gen, strict=False))
         if backend.startswith("gguf"):
-            engine._forget(0)  # a cold cache: time the whole prompt
+            engine.clear_cache()  # a cold cache: time the whole prompt
         params = GenerationParams(max_tokens=max_tokens, temperature=0)
         return engine.token_stream(ids, params, lambda: False)
 

@@ -105,8 +105,8 @@ def measure(backend: str, path: Path, tokens: int, prompt_tokens: int, runs: int
     template = ChatTemplate(engine.tokenizer)
 
     def stream(ids: list[int], max_tokens: int) -> Iterator[Any]:
-        if hasattr(engine, "_forget"):  # the GGUF engine reuses the previous prompt's KV
-            engine._forget(0)
+        if hasattr(engine, "clear_cache"):  # the GGUF engine reuses earlier prompts' KV
+            engine.clear_cache()
         params = GenerationParams(max_tokens=max_tokens, temperature=0)
         return iter(engine.token_stream(ids, params, lambda: False))
 

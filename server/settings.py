@@ -59,7 +59,16 @@ class Settings(BaseSettings):
         "or HF folder, or 'none' (or empty) to turn the endpoint off.",
     )
     max_batch_size: int = Field(
-        8, ge=1, le=256, description="Concurrent requests decoded together (MLX engine)."
+        8, ge=1, le=256, description="Concurrent requests decoded together (MLX and GGUF engines)."
+    )
+    speculative: Literal["off", "ngram"] = Field(
+        "off",
+        description="Speculative decoding on the GGUF engine: 'ngram' drafts the next tokens "
+        "from the sequence's own earlier text (prompt lookup) and verifies them in one step; "
+        "the output is the same, faster where text repeats (edits of a file): docs/engines.md.",
+    )
+    draft_tokens: int = Field(
+        8, ge=1, le=64, description="Most tokens one speculative step drafts per sequence."
     )
     prompt_cache_entries: int = Field(
         16, ge=0, description="KV caches kept for prompt-prefix reuse (0: no prompt cache)."

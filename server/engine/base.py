@@ -151,3 +151,9 @@ class Engine(abc.ABC):
     def describe(self) -> str:
         """One line for the log: backend, device, dtype."""
         return self.backend
+
+    def stats(self) -> dict[str, int]:
+        """How the engine is serving, for `/health`: `max_batch_size`, and where the
+        engine counts them `open_sequences`, `largest_batch`, `drafted_tokens` and
+        `accepted_tokens` (speculative decoding)."""
+        return {"max_batch_size": self.max_concurrency}

@@ -22,8 +22,9 @@ from server.engine.base import GenerationParams, Sampled, TokenConstraint
 
 Floats = npt.NDArray[np.float32]
 
-#: candidates taken before sorting for top_p; grown when their mass falls short
-_NUCLEUS_START = 64
+#: the first weight cut (relative to the best id's) candidates for top_p must pass; each
+#: retry multiplies it by itself again when their mass falls short
+_NUCLEUS_CUT = 1e-3
 
 
 @dataclass
@@ -99,17 +100,19 @@ def _best(weights: Floats, k: int) -> tuple[npt.NDArray[np.intp], Floats]:
 def _nucleus(weights: Floats, top_p: float) -> tuple[npt.NDArray[np.intp], Floats]:
     """The smallest best-first set of ids whose mass reaches top_p, and their weights.
 
-    A full sort of a 50k vocabulary costs ~2 ms, a fifth of a decode step; the nucleus
-    lies among the few best ids, so partition first and sort only those.
+    `weights` are exp(logit - max): the best id weighs 1. The nucleus lies among the few
+    ids near the top, so it is looked for among the ids above a cut (one vectorized
+    compare, ~30 µs for a 50k vocabulary, where an argpartition costs ~100 µs and a full
+    sort ~2 ms), lowered until their mass reaches top_p; only those are sorted.
     """
     n = weights.shape[0]
     target = top_p * float(np.sum(weights, dtype=np.float64))
-    k = min(_NUCLEUS_START, n)
+    cut = _NUCLEUS_CUT
     while True:
-        ids = np.argpartition(-weights, k - 1)[:k] if k < n else np.arange(n)
-        if k == n or float(np.sum(weights[ids], dtype=np.float64)) >= target:
+        ids = np.flatnonzero(weights >= cut) if cut > 0 else np.arange(n)
+        if cut == 0 or float(np.sum(weights[ids], dtype=np.float64)) >= target:
             break
-        k = min(k * 4, n)
+        cut = cut * _NUCLEUS_CUT if cut > 1e-30 else 0.0
     ids = ids[np.argsort(-weights[ids], kind="stable")]
     kept = weights[ids].copy()
     # keep the smallest set whose mass reaches top_p (always at least one token)

@@ -232,7 +232,8 @@ def load_engine(
     """Load the weights at `path` with the named backend (heavy imports happen here).
 
     `mlx_options` are the MLX engine's batching and prompt-cache bounds (keyword
-    arguments of `MLXEngine`); `context` caps the model's context length.
+    arguments of `MLXEngine`; the GGUF engine takes `max_batch_size` and `draft_tokens`);
+    `context` caps the model's context length.
     """
     if backend == "gguf":
         if importlib.util.find_spec("llama_cpp") is None:
@@ -246,7 +247,14 @@ def load_engine(
         gguf = find_gguf(path)
         if gguf is not None:
             hf_dir = path if (path / "config.json").is_file() else None
-            return GGUFEngine(gguf, hf_dir, context=context)
+            bounds = mlx_options or {}
+            return GGUFEngine(
+                gguf,
+                hf_dir,
+                context=context,
+                max_batch_size=bounds.get("max_batch_size", 8),
+                draft_tokens=bounds.get("draft_tokens", 0),
+            )
         fallback, why = choose_backend("auto", path)
         log.warning("%s has no GGUF file: serving it with %s instead (%s)", path, fallback, why)
         backend = fallback
@@ -264,7 +272,8 @@ def load_engine(
     if backend == "mlx":
         from server.engine.mlx.backend import MLXEngine
 
-        return MLXEngine(path, **(mlx_options or {}), context=context)
+        bounds = {k: v for k, v in (mlx_options or {}).items() if k != "draft_tokens"}
+        return MLXEngine(path, **bounds, context=context)
     if backend == "torch":
         from server.engine.torch.backend import TorchEngine
 

@@ -26,7 +26,13 @@ class ModelOptions(BaseModel):
         None, description="engine for this model (auto, mlx, torch, gguf)"
     )
     max_batch_size: int | None = Field(
-        None, ge=1, le=256, description="requests decoded together (MLX engine)"
+        None, ge=1, le=256, description="requests decoded together (MLX and GGUF engines)"
+    )
+    speculative: Literal["off", "ngram"] | None = Field(
+        None, description="speculative decoding (GGUF engine): off or ngram"
+    )
+    draft_tokens: int | None = Field(
+        None, ge=1, le=64, description="most tokens one speculative step drafts"
     )
     prompt_cache_entries: int | None = Field(
         None, ge=0, description="KV caches kept for prompt-prefix reuse (MLX engine)"

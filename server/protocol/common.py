@@ -57,6 +57,21 @@ class ErrorResponse(OpenAIModel):
     error: ErrorDetail
 
 
+class EngineStats(OpenAIModel):
+    """How one loaded model's engine is serving (a pomar object)."""
+
+    model: str
+    backend: str
+    #: completions decoded together at most (1: one at a time)
+    max_batch_size: int
+    open_sequences: int | None = None
+    #: the most completions one step has decoded together since the model loaded
+    largest_batch: int | None = None
+    #: speculative decoding: tokens drafted, and how many the model confirmed
+    drafted_tokens: int | None = None
+    accepted_tokens: int | None = None
+
+
 class Health(OpenAIModel):
     """`GET /health` (a pomar endpoint): the default model is loaded and serving."""
 
@@ -64,3 +79,4 @@ class Health(OpenAIModel):
     model: str
     backend: str
     loaded: list[str]
+    engines: list[EngineStats] = []

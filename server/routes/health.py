@@ -13,8 +13,10 @@ from server.routes.spec import api_route
 async def health(request: Request) -> Response:
     services = request.app.state.services
     default = services.registry.default()
-    loaded = [m.id for m in services.registry.loaded()]
-    return ok({"status": "ok", "model": default.id, "backend": default.backend, "loaded": loaded})
+    models = services.registry.loaded()
+    engines = [{"model": m.id, "backend": m.engine.backend, **m.engine.stats()} for m in models]
+    body = {"status": "ok", "model": default.id, "backend": default.backend}
+    return ok({**body, "loaded": [m.id for m in models], "engines": engines})
 
 
 routes = [

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
-from server.engine.base import GenerationParams, Sampled, TokenConstraint
+from server.engine.base import PAUSE, GenerationParams, Sampled, TokenConstraint
 from server.engine.generation import complete
 from server.engine.gguf.backend import GGUFEngine
+from server.engine.gguf.rows import Rows
 from server.engine.templates import ChatTemplate
+from server.engine.worker import job_state
 from server.errors import ModelLoadError
 from server.models.loading import choose_backend, load_engine, training_backend
 from tests.prompts import PARIS_QUESTION
@@ -28,11 +30,39 @@ def prompt(engine: GGUFEngine, text: str) -> list[int]:
 
 
 def run(engine: GGUFEngine, ids: list[int], params: GenerationParams) -> list[Sampled]:
-    return list(engine.token_stream(ids, params, NEVER))
+    return [s for s in engine.token_stream(ids, params, NEVER) if s is not PAUSE]
 
 
 def tokens(engine: GGUFEngine, ids: list[int], params: GenerationParams) -> list[int]:
     return [s.token for s in run(engine, ids, params)]
+
+
+class _Capture:
+    """A sampler that keeps the logits it is given and answers greedily."""
+
+    def __init__(self) -> None:
+        self.logits: np.ndarray | None = None
+
+    def next(self, logits: np.ndarray) -> Sampled:
+        self.logits = logits.copy()
+        return Sampled(int(np.argmax(logits)))
+
+    def accept(self, token: int) -> None:
+        pass
+
+
+def next_logits(engine: GGUFEngine, ids: list[int]) -> np.ndarray:
+    """The raw logits llama.cpp gives for the token after `ids`, adapter included."""
+    capture = _Capture()
+    batcher = engine._batcher
+    adapter = job_state().get("gguf.adapter", "")
+    sequence = batcher.open(ids, adapter, cast(Any, capture), 1)
+    try:
+        batcher.next(sequence)
+    finally:
+        batcher.close(sequence)
+    assert capture.logits is not None
+    return capture.logits
 
 
 def test_loads_the_shipped_gguf_with_its_folder(
@@ -81,16 +111,16 @@ def test_prefix_reuse_evaluates_only_the_new_tokens(
 ) -> None:
     a = prompt(gguf_engine, "Name three fruits.")
     b = prompt(gguf_engine, "Name three vegetables.")
-    gguf_engine._forget(0)  # a cold cache: every token evaluated
+    gguf_engine.clear_cache()  # a cold cache: every token evaluated
     cold = tokens(gguf_engine, a, GREEDY)
     evaluated: list[int] = []
-    original = gguf_engine.llama.eval
+    original = Rows.decode
 
-    def spy(batch: Any) -> None:
-        evaluated.append(len(batch))
-        original(batch)
+    def spy(self: Rows, ctx: Any) -> int:
+        evaluated.append(len(self))
+        return original(self, ctx)
 
-    monkeypatch.setattr(gguf_engine.llama, "eval", spy)
+    monkeypatch.setattr(Rows, "decode", spy)
     again = run(gguf_engine, a, GREEDY)
     assert [s.token for s in again] == cold
     assert evaluated[0] == 1  # the same prompt: only its last token again
@@ -99,7 +129,7 @@ def test_prefix_reuse_evaluates_only_the_new_tokens(
     other = tokens(gguf_engine, b, GREEDY)
     shared = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
     assert evaluated[:2] == [len(b) - shared - 1, 1]  # what differs, then the last token
-    gguf_engine._forget(0)
+    gguf_engine.clear_cache()
     assert tokens(gguf_engine, b, GREEDY) == other  # same as from a cold cache
 
 
@@ -240,11 +270,11 @@ def test_adapter_does_what_it_does_on_the_torch_engine(
     def logits(adapter: Path | None, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         gguf_engine.activate_adapter(adapter)
         reference.activate_adapter(peft if adapter else None)
-        gguf_engine._forget(0)
-        gguf_engine._eval_prompt(ids)
+        gguf_engine.clear_cache()
+        ours = next_logits(gguf_engine, ids)
         with torch.no_grad():
             theirs = reference.model(torch.tensor([ids])).logits[0, -1].float().numpy()
-        return gguf_engine._logits(), theirs
+        return ours, theirs
 
     correlations = []
     try:
@@ -301,8 +331,8 @@ def test_auto_picks_gguf_on_a_cpu_only_machine(
 
 def test_the_kv_cache_grows_on_demand_and_answers_the_same(tiny_gguf_path: Path) -> None:
     """A cache allocated small grows for a long prompt; greedy output is unchanged."""
-    small = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, initial_context=256)
-    full = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, initial_context=4096)
+    small = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, initial_context=256, max_batch_size=2)
+    full = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, initial_context=4096, max_batch_size=2)
     start = small.allocated_context  # llama.cpp pads to a multiple of 256
     assert start < full.allocated_context and small.context_length == full.context_length
     ids = prompt(small, "apples and pears " * 120)

@@ -1,5 +1,7 @@
 """The CI version of `scripts/load_test.py`: 16 streaming clients for 10 s on the tiny model.
 
+On the MLX and the GGUF engine, both of which decode concurrent requests in one batch.
+
 A third of them disconnect mid-stream while files are uploaded and lists polled: no
 request fails, and after the load a lone request is answered (every disconnect freed its
 slot). Timings and the RSS ratio are too noisy to assert here; only that RSS was sampled.
@@ -19,9 +21,15 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parents[2] / "scripts" / "load_test.py"
 
 
-def test_short_load(tiny_model_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["mlx", "gguf"])
+def test_short_load(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """On both batching engines: MLX, and llama.cpp (the tiny model's f32 GGUF)."""
+    if backend == "gguf":
+        model: Path = request.getfixturevalue("tiny_gguf_path").parent
+    else:
+        model = request.getfixturevalue("tiny_model_path")
     out = tmp_path / "load.json"
-    cmd = [sys.executable, str(SCRIPT), "--model", str(tiny_model_path), "--backend", "mlx"]
+    cmd = [sys.executable, str(SCRIPT), "--model", str(model), "--backend", backend]
     cmd += ["--clients", "16", "--duration", "10", "--max-tokens", "8", "--json", str(out)]
     cmd += ["--home", str(tmp_path / "home")]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -1,13 +1,13 @@
 """GGUF engine (llama.cpp through llama-cpp-python): the fastest path on CPU-only machines.
 
 It serves a GGUF file as is (the embedded model's Q4_1 file included, no conversion). The
-decode loop is our own over llama-cpp-python's low-level eval: llama.cpp computes the
-logits, and the CPU sampler (`server.engine.sampling`, shared with the torch engine)
-samples them with the same rules as the other engines (logit_bias, OpenAI penalties, the
-per-step constraint mask, logprobs). The KV cache is kept between requests: a prompt that
-starts like the last one only evaluates what differs (as `Llama.generate(reset=False)`
-does). LoRA adapters are converted to GGUF LoRA files once and switched per request with
-llama.cpp's adapter API on the loaded base.
+decode loop is our own over llama-cpp-python's low-level bindings: concurrent requests
+decode together in one llama.cpp context, one sequence id each (`batching`), and the CPU
+sampler (`server.engine.sampling`, shared with the torch engine) samples each row with
+the same rules as the other engines (logit_bias, OpenAI penalties, the per-step
+constraint mask, logprobs). The cache of a finished request stays in its slot: a prompt
+that starts like an earlier one only evaluates what differs. LoRA adapters are
+converted to GGUF LoRA files once and switched per step with llama.cpp's adapter API.
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import tempfile
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
+from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
+from server.engine.gguf.adapters import GGUFAdapters
+from server.engine.gguf.batching import GGUFBatcher
+from server.engine.gguf.rows import Rows, new_context
 from server.engine.gguf.tokenizer import gguf_tokenizer
 from server.engine.templates import end_of_turn_ids
+from server.engine.worker import job_state
 from server.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,16 @@ log = logging.getLogger(__name__)
 #: the context is the model's trained one, up to this many positions unless the model's
 #: own `context` setting (`pomar models set ID context=N`) asks for more
 MAX_CONTEXT = 8192
-#: positions llama.cpp's KV cache is allocated for at load; a request that needs more grows
-#: it (doubling, up to the context). llama.cpp writes the whole cache when it allocates it,
+#: positions llama.cpp's KV cache is allocated for at load, shared out between the
+#: sequences (at least 256 each); a sequence that needs more grows every sequence's share
+#: (doubling, up to the context). llama.cpp writes the whole cache when it allocates it,
 #: so a full 8192-position cache is resident from the start (180 MB for the embedded model,
 #: plus a compute buffer that grows with it), which most requests never use.
 INITIAL_CONTEXT = 2048
+#: the least positions each sequence's stream of the cache starts with
+MIN_STREAM = 256
+#: the job-state key of the adapter a job's streams use
+_ADAPTER = "gguf.adapter"
 
 
 def physical_cores() -> int:
@@ -119,7 +126,7 @@ _CORRUPT = (
 
 
 class GGUFEngine(Engine):
-    """A GGUF model on llama.cpp: one context, one request at a time, KV cache reused."""
+    """A GGUF model on llama.cpp: concurrent requests decode together in one context."""
 
     backend = "gguf"
 
@@ -129,11 +136,15 @@ class GGUFEngine(Engine):
         hf_dir: Path | None = None,
         initial_context: int = INITIAL_CONTEXT,
         context: int | None = None,
+        max_batch_size: int = 8,
+        draft_tokens: int = 0,
     ) -> None:
         """Load `gguf_file`; `hf_dir`, when given, is the same model as a Hugging Face folder.
 
-        The KV cache starts at `initial_context` positions and grows on demand, up to the
-        model's context: at most MAX_CONTEXT, or at most `context` when given.
+        Up to `max_batch_size` completions decode together, each in its own stream of the
+        cache. The cache starts at `initial_context` positions in all and grows on demand;
+        one sequence takes at most the model's context: MAX_CONTEXT, or `context` if given.
+        `draft_tokens` > 0 turns on prompt-lookup speculation (`server.engine.lookup`).
 
         The folder (the embedded model's import) provides the tokenizer, the sampling defaults
         and the weights fine-tuning jobs train on; without it the tokenizer is read from the
@@ -149,6 +160,7 @@ class GGUFEngine(Engine):
         # An all-f32 file keeps its cache in f32 too; quantized files keep llama.cpp's default.
         kv_type = llama_cpp.GGML_TYPE_F32 if header.file_type == 0 else None  # None: default
         self._context = min(header.context_length, context or MAX_CONTEXT)
+        self.max_batch_size = max(1, min(max_batch_size, llama_cpp.llama_max_parallel_sequences()))
         try:
             self.llama = Llama(
                 model_path=str(gguf_file),
@@ -163,6 +175,9 @@ class GGUFEngine(Engine):
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(_CORRUPT.format(path=gguf_file)) from exc
+        # the high-level Llama runs one sequence; the batcher needs one cache for many
+        stream = max(MIN_STREAM, min(self._context, initial_context) // self.max_batch_size)
+        new_context(self.llama, stream, self.max_batch_size)
         self.gguf_file = gguf_file
         self.model_path = str(hf_dir or gguf_file)
         self.tokenizer = gguf_tokenizer(gguf_file, hf_dir, self.llama.metadata)
@@ -170,147 +185,146 @@ class GGUFEngine(Engine):
         ids.update(t for t in (self.llama.token_eos(), _eot(self.llama)) if t >= 0)
         self.eos_token_ids = frozenset(ids)
         self._vocab = self.llama.n_vocab()
-        self._adapters = _AdapterCache(self)
+        self._adapters = GGUFAdapters(self.llama, Path(self.model_path), gguf_file.name)
+        self._batcher = GGUFBatcher(
+            self.llama,
+            self.max_batch_size,
+            self._vocab,
+            self._grow,
+            self._adapters.apply,
+            draft_tokens=draft_tokens,
+        )
+        self._score_rows = Rows()
 
     @property
     def context_length(self) -> int:
         return self._context
 
     @property
-    def allocated_context(self) -> int:
-        """Positions the KV cache holds now (it grows up to `context_length` on demand)."""
-        return int(self.llama.n_ctx())
+    def max_concurrency(self) -> int:
+        return self.max_batch_size
 
-    def _reserve(self, positions: int) -> None:
-        """Grow llama.cpp's context (a new one; the cached prefix is lost) to hold `positions`."""
+    @property
+    def allocated_context(self) -> int:
+        """Positions each sequence's stream of the cache holds now (it grows on demand)."""
+        return int(self.llama.n_ctx()) // self.max_batch_size
+
+    @property
+    def open_sequences(self) -> int:
+        """Completions open now (decoding, reading their prompt or waiting for a slot)."""
+        return self._batcher.active
+
+    @property
+    def largest_batch(self) -> int:
+        """The most completions one decode step has served together so far."""
+        return self._batcher.largest_batch
+
+    def stats(self) -> dict[str, int]:
+        batcher = self._batcher
+        return {
+            "max_batch_size": self.max_batch_size,
+            "open_sequences": batcher.active,
+            "largest_batch": batcher.largest_batch,
+            "drafted_tokens": batcher.drafted,
+            "accepted_tokens": batcher.accepted,
+        }
+
+    def _grow(self, positions: int) -> bool:
+        """A new context whose streams hold `positions` each (the cache is lost); False
+        when the streams cannot grow that far (the model's context)."""
         size = self.allocated_context
-        if positions <= size:
-            return
+        if size >= self._context or positions > self._context:
+            return False
         while size < positions:
             size *= 2
-        size = min(size, self._context)
-        import contextlib
-
-        import numpy as np
-        from llama_cpp import _internals
-
-        llama = self.llama
-        llama._ctx.close()  # free the old cache before allocating the new one
-        llama.context_params.n_ctx = size
-        llama._ctx = llama._stack.enter_context(
-            contextlib.closing(
-                _internals.LlamaContext(
-                    model=llama._model, params=llama.context_params, verbose=False
-                )
-            )
-        )
-        llama.input_ids = np.ndarray((size,), dtype=np.intc)
-        llama._n_ctx = size
-        llama.n_tokens = 0
+        new_context(self.llama, min(size, self._context), self.max_batch_size)
         self._adapters.reapply()
-        log.info("llama.cpp context grown to %d positions", size)
+        log.info(
+            "llama.cpp context grown to %d positions per sequence (%d sequences)",
+            self.allocated_context,
+            self.max_batch_size,
+        )
+        return True
+
+    def clear_cache(self) -> None:
+        """Forget every cached prompt (benchmarks and tests time a cold start with it)."""
+        self._batcher.reset()
 
     def describe(self) -> str:
-        return f"gguf (llama.cpp, {self.gguf_file.name}, {self._threads} threads)"
+        return (
+            f"gguf (llama.cpp, {self.gguf_file.name}, {self._threads} threads, "
+            f"batch {self.max_batch_size})"
+        )
 
     def activate_adapter(self, adapter_dir: Path | None) -> None:
-        if self._adapters.activate(adapter_dir):
-            # the KV cache was computed with the previous adapter's weights
-            self._forget(0)
+        # converted and loaded now; the choice is the job's own (jobs interleave on the
+        # worker thread), and the batch switches to it for the steps of its sequences
+        job_state()[_ADAPTER] = self._adapters.load(adapter_dir)
 
     def token_stream(
         self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
     ) -> Iterator[Sampled]:
         from server.engine.sampling import CompletionSampler
 
-        steps = max(0, min(params.max_tokens, self.context_length - len(prompt_ids)))
-        if steps == 0 or not prompt_ids:
+        limit = min(params.max_tokens, self.context_length - len(prompt_ids))
+        if limit <= 0 or not prompt_ids:
             return
-        # the prompt and every sampled token but the last are evaluated
-        self._reserve(len(prompt_ids) + steps - 1)
         sampler = CompletionSampler(params, self._vocab)
-        cached: int | None = self._eval_prompt(prompt_ids)
-        for step in range(steps):
-            out = sampler.next(self._logits())
-            yield out if cached is None else replace(out, cached_tokens=cached)
-            cached = None  # told on the first token only
-            if should_stop():
-                return
-            sampler.accept(out.token)
-            if step + 1 < steps:  # the last token is never needed as input
-                self.llama.eval([out.token])
+        adapter = job_state().get(_ADAPTER, "")
+        sequence = self._batcher.open(list(prompt_ids), adapter, sampler, limit)
+        first = True
+        try:
+            if self.max_batch_size > 1:
+                # let requests that arrived with this one join before the first step
+                yield PAUSE
+            while (out := self._batcher.next(sequence)) is not None:
+                if out is PAUSE:  # no slot yet: the other streams' consumers go first
+                    yield out
+                    continue
+                if first:
+                    out = replace(out, cached_tokens=sequence.cached)
+                    first = False
+                yield out
+                if should_stop():
+                    return
+        finally:
+            self._batcher.close(sequence)
 
     def score(self, prompt_ids: list[int], top: int) -> list[Sampled]:
         """Each prompt token's logprob given the ones before it (see `Engine.score`).
 
-        The prompt is evaluated from its first position in batches of llama.cpp's
-        `n_batch` with logits for every row, as `Llama(logits_all=True).eval` does: a
-        cached prefix holds keys and values but no logits. The KV cache is left holding
-        the prompt, so a completion of it that follows reads only its last token again.
+        The prompt is read from its first position into an idle slot, with logits for
+        every row: a cached prefix holds keys and values but no logits. The slot keeps the
+        prompt, so a completion of it that follows reads only its last token again.
         """
         import llama_cpp
         import numpy as np
 
         if len(prompt_ids) > self.context_length:
             raise ValueError(f"{len(prompt_ids)} prompt tokens exceed the context")
-        self._reserve(len(prompt_ids))
-        self._forget(0)
-        llama = self.llama
+        if self.allocated_context < len(prompt_ids) and self._grow(len(prompt_ids)):
+            self._batcher.reset()  # open sequences read their tokens into the new context
+        adapter = job_state().get(_ADAPTER, "")
+        self._adapters.apply(adapter)
+        slot = self._batcher.take_slot(adapter)
+        rows = self._score_rows
         out: list[Sampled] = []
-        for start in range(0, len(prompt_ids) - 1, llama.n_batch):
-            targets = prompt_ids[start + 1 : start + 1 + llama.n_batch]
+        for start in range(0, len(prompt_ids) - 1, rows.capacity):
+            targets = prompt_ids[start + 1 : start + 1 + rows.capacity]
             # the last prompt token predicts nothing that is scored: not read here
             chunk = prompt_ids[start : start + len(targets)]
-            # as Llama.eval: drop what a failed decode may have left past n_tokens
-            llama._ctx.kv_cache_seq_rm(-1, llama.n_tokens, -1)
-            llama._batch.set_batch(batch=chunk, n_past=llama.n_tokens, logits_all=True)
-            llama._ctx.decode(llama._batch)
-            # what Llama.eval records, so the next request's prefix match sees these
-            llama.input_ids[start : start + len(chunk)] = chunk
-            llama.n_tokens += len(chunk)
-            rows = llama_cpp.llama_get_logits(llama.ctx)
-            logits = np.ctypeslib.as_array(rows, shape=(len(chunk), self._vocab))
+            rows.clear()
+            for i, token in enumerate(chunk):
+                rows.add(token, start + i, slot.seq_id, True)
+            if rows.decode(self.llama.ctx) != 0:
+                self._batcher.memory.drop(slot.seq_id)
+                slot.tokens = []
+                raise RuntimeError("llama.cpp could not read the prompt (the cache is full)")
+            slot.tokens.extend(chunk)
+            pointer = llama_cpp.llama_get_logits(self.llama.ctx)
+            logits = np.ctypeslib.as_array(pointer, shape=(len(chunk), self._vocab))
             out.extend(_scored(logits, targets, top))
         return out
-
-    def _eval_prompt(self, prompt_ids: list[int]) -> int:
-        """Evaluate the prompt, reusing the cached prefix it shares with the last request.
-
-        Returns how many prompt tokens came from the cache.
-        """
-        import numpy as np
-
-        cached = self.llama.input_ids[: self.llama.n_tokens]
-        n = min(len(cached), len(prompt_ids))
-        differs = np.flatnonzero(cached[:n] != np.asarray(prompt_ids[:n], dtype=cached.dtype))
-        prefix = int(differs[0]) if differs.size else n
-        self._forget(min(prefix, len(prompt_ids) - 1))
-        reused = int(self.llama.n_tokens)
-        if self.llama.n_tokens < len(prompt_ids) - 1:
-            self.llama.eval(prompt_ids[self.llama.n_tokens : -1])
-        # The last prompt token is always evaluated alone: its logits start the completion,
-        # and llama.cpp's logits for a batch's last row differ from a one-token step's by up
-        # to ~0.5, so a cold and a reused cache would otherwise sample differently.
-        self.llama.eval(prompt_ids[-1:])
-        return reused
-
-    def _forget(self, keep: int) -> None:
-        """Drop the cached positions from `keep` on (all of them if llama.cpp cannot)."""
-        import llama_cpp
-
-        memory = llama_cpp.llama_get_memory(self.llama.ctx)
-        if keep < self.llama.n_tokens and not llama_cpp.llama_memory_seq_rm(memory, -1, keep, -1):
-            llama_cpp.llama_memory_clear(memory, True)
-            keep = 0
-        self.llama.n_tokens = min(keep, self.llama.n_tokens)
-
-    def _logits(self) -> Any:
-        """A float32 copy of the last evaluated position's logits."""
-        import llama_cpp
-        import numpy as np
-
-        row = llama_cpp.llama_get_logits_ith(self.llama.ctx, -1)
-        return np.ctypeslib.as_array(row, shape=(self._vocab,)).copy()
 
 
 #: up to this many alternatives, one argmax pass per alternative beats an argpartition of
@@ -347,65 +361,6 @@ def _scored(logits: Any, targets: list[int], top: int) -> list[Sampled]:
         values = np.take_along_axis(values, order, axis=1)
     alternatives = zip(targets, own, best.tolist(), values.tolist(), strict=True)
     return [Sampled(t, lp, tuple(zip(i, v, strict=True))) for t, lp, i, v in alternatives]
-
-
-class _AdapterCache:
-    """GGUF LoRA adapters converted once, loaded on the base model, switched per request."""
-
-    def __init__(self, engine: GGUFEngine, max_loaded: int = 8) -> None:
-        self._engine = engine
-        self._loaded: OrderedDict[Path, Any] = OrderedDict()
-        self._active: Path | None = None
-        self._max = max_loaded
-
-    def reapply(self) -> None:
-        """Set the active adapter again on a new llama.cpp context (it starts without)."""
-        active, self._active = self._active, None
-        if active is not None:
-            self.activate(active)
-
-    def activate(self, adapter_dir: Path | None) -> bool:
-        """Make `adapter_dir` (None: no adapter) the active one; True if that changed."""
-        import llama_cpp
-
-        key = Path(adapter_dir).resolve() if adapter_dir is not None else None
-        if key == self._active:
-            return False
-        ctx = self._engine.llama.ctx
-        if key is None:
-            llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
-        else:
-            handle = self._load(key)
-            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
-            scales = (ctypes.c_float * 1)(1.0)
-            if llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales):
-                raise RuntimeError(f"llama.cpp could not apply the adapter {key}")
-        self._active = key
-        return True
-
-    def _load(self, key: Path) -> Any:
-        import llama_cpp
-
-        from server.engine.gguf.lora import lora_to_gguf
-
-        if key in self._loaded:
-            self._loaded.move_to_end(key)
-            return self._loaded[key]
-        engine = self._engine
-        # llama.cpp copies the tensors at load: the converted file is only needed until then
-        with tempfile.TemporaryDirectory(prefix="pomar-gguf-lora-") as tmp:
-            out = lora_to_gguf(
-                key, Path(tmp) / "adapter.gguf", engine.llama.metadata, Path(engine.model_path)
-            )
-            handle = llama_cpp.llama_adapter_lora_init(engine.llama.model, str(out).encode())
-        if not handle:
-            raise RuntimeError(f"llama.cpp could not load the converted adapter of {key}")
-        log.info("adapter %s converted to GGUF and loaded on %s", key, engine.gguf_file.name)
-        self._loaded[key] = handle
-        stale = [k for k in self._loaded if k not in (key, self._active)]  # oldest first
-        while len(self._loaded) > self._max and stale:
-            llama_cpp.llama_adapter_lora_free(self._loaded.pop(stale.pop(0)))
-        return handle
 
 
 def _eot(llama: Any) -> int:

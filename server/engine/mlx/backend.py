@@ -107,6 +107,13 @@ class MLXEngine(Engine):
         """The most streams one decode step has served together so far."""
         return self._scheduler.largest_batch
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "open_sequences": self.open_sequences,
+            "largest_batch": self.largest_batch,
+        }
+
     def describe(self) -> str:
         device = "cpu, float32" if self._on_cpu else "gpu"
         return f"mlx ({device}, batch {self.max_batch_size})"

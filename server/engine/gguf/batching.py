@@ -1,0 +1,362 @@
+"""Continuous batching of GGUF token streams on one llama.cpp context.
+
+Every open completion holds a slot: one of llama.cpp's sequence ids, with its own
+stream of the cache (`rows.new_context`). A consumer that wants its next token takes it
+from its sequence's buffer; when the buffer is empty it runs one step, which decodes one
+token for every decoding sequence of its adapter and feeds a slice of the prompts being
+read (decode rows first, prompt slices fill the rest of the batch, so a long prompt
+never stalls the others for more than one slice). Each sequence samples its own row
+with its own sampler (seed, penalties, bias, grammar, logprobs).
+
+A finished sequence leaves its cache behind in its slot: a new prompt takes the idle
+slot with the longest common prefix, or copies that prefix from any slot (busy or idle)
+into a free one. When a sequence outgrows its stream, the context grows (each stream
+doubles, up to the model's context) and every open sequence reads its tokens again.
+
+All methods run on the engine's worker thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.base import PAUSE, Sampled
+from server.engine.gguf.rows import MAX_ROWS, Memory, Rows, row_logits
+from server.engine.lookup import lookup_draft
+from server.engine.sampling import CompletionSampler
+
+log = logging.getLogger(__name__)
+
+#: prompt tokens one sequence reads per step at most: bounds the pause a long prompt
+#: causes to the streams already decoding
+PREFILL_STEP = 256
+
+
+#: a decode row to sample: the sequence, its first row, the tokens drafted after it
+Planned = tuple["Sequence", int, list[int]]
+
+
+@dataclass(eq=False)
+class Slot:
+    """One llama.cpp sequence id and what its part of the cache holds."""
+
+    seq_id: int
+    #: the adapter the cached keys and values were computed with ("" = the base)
+    adapter: str = ""
+    #: the token at each cached position, from 0
+    tokens: list[int] = field(default_factory=list)
+    owner: Sequence | None = None
+    #: when it was last used (for choosing which idle slot to reuse or empty)
+    used: int = 0
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One completion: its sampler, what it still has to read, the tokens it made."""
+
+    order: int
+    adapter: str
+    prompt: list[int]
+    sampler: CompletionSampler
+    #: tokens it may still sample
+    budget: int
+    slot: Slot | None = None
+    #: tokens to read into the cache (no logits) before `feed`
+    todo: list[int] = field(default_factory=list)
+    #: the token whose logits give the next sample
+    feed: int = -1
+    #: prompt tokens the cache already held when it got its slot
+    cached: int = 0
+    ready: deque[Sampled] = field(default_factory=deque)
+    finished: bool = False
+    error: BaseException | None = None
+
+
+class GGUFBatcher:
+    """The open sequences of one GGUF model, decoded together step by step."""
+
+    def __init__(
+        self,
+        llama: Any,
+        slots: int,
+        vocab: int,
+        grow: Callable[[int], bool],
+        apply_adapter: Callable[[str], None],
+        draft_tokens: int = 0,
+    ) -> None:
+        """`grow(positions)` makes a context whose streams hold that many positions each
+        (False: past the model's context); `apply_adapter(key)` switches the LoRA adapter.
+        `draft_tokens` > 0 turns prompt-lookup speculation on, up to that many a step."""
+        self._llama = llama
+        self._vocab = vocab
+        self._grow = grow
+        self._apply_adapter = apply_adapter
+        self._slots = [Slot(i) for i in range(slots)]
+        self._open: list[Sequence] = []
+        self._rows = Rows(MAX_ROWS)
+        self._clock = itertools.count(1)
+        self.memory = Memory(llama.ctx)
+        self._draft_tokens = draft_tokens
+        #: the most sequences one step has decoded together so far
+        self.largest_batch = 0
+        #: tokens proposed by prompt lookup, and how many of them the model confirmed
+        self.drafted = self.accepted = 0
+
+    @property
+    def active(self) -> int:
+        """Open sequences (decoding, reading their prompt or waiting for a slot)."""
+        return len(self._open)
+
+    def reset(self) -> None:
+        """The context was replaced: no slot holds anything; open sequences read again."""
+        self.memory = Memory(self._llama.ctx)
+        for slot in self._slots:
+            self._invalidate(slot)
+
+    def open(
+        self, prompt: list[int], adapter: str, sampler: CompletionSampler, budget: int
+    ) -> Sequence:
+        """Queue a completion of `prompt`; it reads its prompt at the next step."""
+        sequence = Sequence(next(self._clock), adapter, prompt, sampler, budget)
+        sequence.feed = prompt[-1]
+        self._open.append(sequence)
+        self._seat(sequence)
+        return sequence
+
+    def next(self, sequence: Sequence) -> Sampled | None:
+        """The sequence's next token; None once it made its last one; PAUSE while it
+        waits for a slot that only another stream's consumer can free."""
+        while not sequence.ready:
+            if sequence.error is not None:
+                raise sequence.error
+            if sequence.finished:
+                return None
+            if sequence.slot is None and not any(_runs(s) for s in self._open):
+                return PAUSE
+            self._step(sequence)
+        return sequence.ready.popleft()
+
+    def close(self, sequence: Sequence) -> None:
+        """Take the sequence out; its slot keeps the cache for later prompts."""
+        if sequence in self._open:
+            self._open.remove(sequence)
+        slot = sequence.slot
+        if slot is not None and slot.owner is sequence:
+            slot.owner = None
+            slot.used = next(self._clock)
+        for waiting in self._open:
+            if waiting.slot is None:
+                self._seat(waiting)
+
+    def take_slot(self, adapter: str) -> Slot:
+        """An idle slot emptied for one-off use (prompt scoring), least recently used."""
+        free = [s for s in self._slots if s.owner is None]
+        if not free:
+            raise RuntimeError("every sequence slot of the model is busy; try again")
+        slot = min(free, key=lambda s: s.used)
+        self.memory.drop(slot.seq_id)
+        slot.tokens, slot.adapter, slot.used = [], adapter, next(self._clock)
+        return slot
+
+    def stream_cells(self) -> int:
+        """Positions each sequence's stream of the cache holds now."""
+        return int(self._llama.n_ctx()) // len(self._slots)
+
+    # -- slots -------------------------------------------------------------------
+
+    def _seat(self, sequence: Sequence) -> None:
+        """Give the sequence a slot, reusing the longest cached prefix of its prompt."""
+        free = [s for s in self._slots if s.owner is None]
+        if not free:
+            return  # it waits for a sequence to close
+        head = sequence.prompt[:-1]  # the last prompt token is always fed for its logits
+        same = [s for s in self._slots if s.adapter == sequence.adapter]
+        best, shared = None, 0
+        for slot in same:
+            n = _common(slot.tokens, head)
+            if n > shared or (n == shared and n and slot.owner is None):
+                best, shared = slot, n
+        if best is not None and best.owner is None:
+            target = best
+        else:
+            # the least recently used idle slot, an empty one first
+            target = min(free, key=lambda s: (bool(s.tokens), s.used))
+        if target is not best:
+            self.memory.drop(target.seq_id)
+            target.tokens = []
+            if best is not None and shared:
+                self.memory.copy(best.seq_id, target.seq_id, shared)
+                target.tokens = best.tokens[:shared]
+                log.debug("prompt prefix of %d tokens copied from slot %d", shared, best.seq_id)
+        elif not self.memory.drop(target.seq_id, shared):
+            self.memory.drop(target.seq_id)
+            shared = 0
+        del target.tokens[shared:]
+        target.adapter, target.owner, target.used = sequence.adapter, sequence, next(self._clock)
+        sequence.slot = target
+        sequence.cached = shared
+        sequence.todo = head[shared:]
+
+    def _invalidate(self, slot: Slot) -> None:
+        """Forget the slot's cache; its sequence, if any, reads its tokens again."""
+        owner = slot.owner
+        if owner is not None:
+            owner.todo = slot.tokens + owner.todo
+        self.memory.drop(slot.seq_id)
+        slot.tokens = []
+
+    # -- steps -------------------------------------------------------------------
+
+    def _step(self, asking: Sequence) -> None:
+        """One llama_decode for the open sequences of `asking`'s adapter."""
+        adapter = asking.adapter
+        if asking.slot is None:
+            # it waits for a slot: run the sequences that hold them
+            adapter = next(s.adapter for s in self._open if _runs(s))
+        group = [s for s in self._open if s.adapter == adapter and _runs(s)]
+        self._apply_adapter(adapter)
+        try:
+            planned = self._plan(group, asking)
+            while planned is None:  # the cache changed under the plan: plan again
+                planned = self._plan(group, asking)
+        except RuntimeError as exc:
+            self._fail(group, exc)
+            return
+        self.largest_batch = max(self.largest_batch, len(planned))
+        rc = self._rows.decode(self._llama.ctx)
+        if rc != 0:
+            self._fail(group, RuntimeError(f"llama.cpp could not decode a batch (code {rc})"))
+            return
+        for sequence, row, drafts in planned:
+            self._sample(sequence, row, drafts)
+
+    def _plan(self, group: list[Sequence], asking: Sequence) -> list[Planned] | None:
+        """Fill the batch: each decoding sequence's token (and its draft), then prompt
+        slices, oldest first. Returns (sequence, first row, draft) for the rows whose
+        logits are sampled (none when the step only reads prompts); None when the
+        cache had to change first."""
+        rows = self._rows
+        rows.clear()
+        ready = [s for s in group if not s.todo]
+        reading = sorted((s for s in group if s.todo), key=lambda s: s.order)
+        stream = self.stream_cells()
+        for sequence in ready:
+            if not self._fits(sequence, 1, stream):
+                return None
+        planned: list[Planned] = []
+        for i, sequence in enumerate(ready):
+            # rows for the decoding sequences still to come stay free
+            drafts = self._draft(sequence, stream, rows.room - (len(ready) - i))
+            last = self._add(sequence, [sequence.feed, *drafts], logits=True)
+            planned.append((sequence, last - len(drafts), drafts))
+        for sequence in reading:
+            take = min(len(sequence.todo), PREFILL_STEP, rows.room - 1)
+            if take <= 0:
+                break
+            if not self._fits(sequence, take + 1, stream):
+                return None
+            chunk, sequence.todo = sequence.todo[:take], sequence.todo[take:]
+            self._add(sequence, chunk, logits=False)
+            if not sequence.todo and ready:
+                # the prompt is in: its last token joins this step's decoding rows. Alone,
+                # it waits for the next step: llama.cpp's logits for a prompt's last row
+                # differ from a one-row step's by up to ~0.5, and one stream then samples
+                # alike from a cold and a cached prompt.
+                planned.append((sequence, self._add(sequence, [sequence.feed], logits=True), []))
+        return planned
+
+    def _draft(self, sequence: Sequence, stream: int, rows: int) -> list[int]:
+        """The tokens prompt lookup proposes after the sequence's feed (none if off)."""
+        if not self._draft_tokens:
+            return []
+        slot = sequence.slot
+        assert slot is not None
+        room = min(self._draft_tokens, sequence.budget - 1, rows, stream - len(slot.tokens) - 1)
+        return lookup_draft([*slot.tokens, sequence.feed], room)
+
+    def _fits(self, sequence: Sequence, rows: int, stream: int) -> bool:
+        """Whether the sequence's stream holds `rows` more; if not, grow the context
+        (every sequence then reads again: plan anew) or fail."""
+        slot = sequence.slot
+        assert slot is not None
+        needed = len(slot.tokens) + rows
+        if needed <= stream:
+            return True
+        # room for the whole prompt at once, so a long one grows the context only once
+        if not self._grow(max(needed, len(slot.tokens) + len(sequence.todo) + 1)):
+            raise RuntimeError("the sequence is longer than the model's context")
+        self.reset()
+        return False
+
+    def _add(self, sequence: Sequence, tokens: list[int], *, logits: bool) -> int:
+        """Rows for `tokens` at the sequence's next positions; the last row's index."""
+        slot = sequence.slot
+        assert slot is not None
+        row = -1
+        for token in tokens:
+            row = self._rows.add(token, len(slot.tokens), slot.seq_id, logits)
+            slot.tokens.append(token)
+        return row
+
+    def _sample(self, sequence: Sequence, first: int, drafts: list[int]) -> None:
+        """Sample the sequence's next token from its row; with a draft, go on while the
+        sampled token is the drafted one (its row saw exactly what a plain step would),
+        then forget the cache of the drafted tokens the model did not confirm."""
+        ctx = self._llama.ctx
+        matched = 0
+        for i in range(len(drafts) + 1):
+            out = sequence.sampler.next(row_logits(ctx, first + i, self._vocab))
+            sequence.sampler.accept(out.token)
+            sequence.ready.append(out)
+            sequence.budget -= 1
+            if sequence.budget <= 0:
+                sequence.finished = True  # its last token is never fed
+                break
+            if i < len(drafts) and out.token == drafts[i]:
+                matched += 1
+                continue
+            sequence.feed = out.token
+            break
+        if drafts:
+            self.drafted += len(drafts)
+            self.accepted += matched
+            slot = sequence.slot
+            assert slot is not None
+            unconfirmed = len(drafts) - matched
+            if unconfirmed:
+                del slot.tokens[-unconfirmed:]
+                self.memory.drop(slot.seq_id, len(slot.tokens))
+
+    def _fail(self, group: list[Sequence], error: BaseException) -> None:
+        """A decode failed: the cache's state is unknown, so every slot starts afresh."""
+        for sequence in group:
+            sequence.error = error
+        self.memory.clear()
+        for slot in self._slots:
+            owner = slot.owner
+            if owner is not None and owner.error is None:
+                owner.todo = slot.tokens + owner.todo
+            slot.tokens = []
+
+    def close_rows(self) -> None:
+        """Free the batch buffers (the engine is being unloaded)."""
+        self._rows.close()
+
+
+def _runs(sequence: Sequence) -> bool:
+    """Whether a step would decode for the sequence."""
+    return sequence.slot is not None and not sequence.finished and sequence.error is None
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two id lists."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

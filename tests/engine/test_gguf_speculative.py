@@ -1,0 +1,109 @@
+"""Prompt-lookup speculative decoding on the GGUF engine: the same output, fewer steps.
+
+On the tiny model's f32 GGUF (llama.cpp's logits for a row do not depend on the rows
+beside it there, so a verified draft sees what a plain step would).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from server.engine.base import GenerationParams
+from server.engine.generation import complete, interleave, stream_chunks
+from server.engine.gguf.backend import GGUFEngine
+from server.engine.gguf.rows import Rows
+from server.engine.lookup import lookup_draft
+
+GREEDY = GenerationParams(max_tokens=40, temperature=0.0, top_logprobs=1)
+NEVER = lambda: False  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_gguf_path: Path) -> GGUFEngine:
+    return GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, max_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def drafting(tiny_gguf_path: Path) -> GGUFEngine:
+    return GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, max_batch_size=4, draft_tokens=6)
+
+
+def encode(engine: GGUFEngine, text: str) -> list[int]:
+    return list(engine.tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_lookup_drafts_what_followed_the_last_match() -> None:
+    history = [5, 6, 7, 8, 9, 1, 2, 6, 7]
+    assert lookup_draft(history, 3) == [8, 9, 1]  # "6 7" was followed by 8 9 1
+    assert lookup_draft(history, 1) == [8]
+    assert lookup_draft([1, 2, 3, 4], 4) == []  # no earlier match
+    # a run: not the latest match (one token follows it) but one with room to follow
+    assert lookup_draft([4] * 6, 2) == [4, 4]
+    assert lookup_draft(history, 0) == []
+
+
+def test_forced_repetition_is_drafted_and_accepted(
+    plain: GGUFEngine, drafting: GGUFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = encode(plain, "one two three one two three one two")
+    forced = encode(plain, " three")[-1]
+    params = replace(GREEDY, max_tokens=30, logit_bias={forced: 100.0})
+    expected = complete(plain, ids, params, NEVER)
+    steps: list[int] = []
+    original = Rows.decode
+
+    def spy(self: Rows, ctx: object) -> int:
+        steps.append(len(self))
+        return original(self, ctx)
+
+    monkeypatch.setattr(Rows, "decode", spy)
+    before = drafting.stats()
+    got = complete(drafting, ids, params, NEVER)
+    assert got.text == expected.text and got.completion_tokens == 30
+    assert [s.token for s in got.tokens] == [s.token for s in expected.tokens] == [forced] * 30
+    assert got.tokens[5].logprob == pytest.approx(expected.tokens[5].logprob, abs=1e-4)
+    after = drafting.stats()
+    accepted = after["accepted_tokens"] - before["accepted_tokens"]
+    assert accepted > 20 and after["drafted_tokens"] > before["drafted_tokens"]
+    assert len(steps) < 12  # 30 tokens in far fewer than 30 steps
+
+
+@pytest.mark.parametrize(
+    "params",
+    [GREEDY, replace(GREEDY, temperature=0.9, top_p=0.95, seed=7)],
+    ids=["greedy", "seeded"],
+)
+def test_the_output_is_the_same_with_and_without_drafts(
+    plain: GGUFEngine, drafting: GGUFEngine, params: GenerationParams
+) -> None:
+    """Each drafted row is sampled by the sequence's own sampler in order, so greedy and
+    seeded sampling both answer as plain decoding, whatever was accepted."""
+    texts = [
+        "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return",
+        "The cat sat on the mat. The cat sat on the",
+        "1 2 3 4 5 1 2 3 4 5 1 2 3",
+    ]
+    for text in texts:
+        ids = encode(plain, text)
+        plain.clear_cache()
+        drafting.clear_cache()
+        want = [s.token for s in complete(plain, ids, params, NEVER).tokens]
+        got = [s.token for s in complete(drafting, ids, params, NEVER).tokens]
+        assert got == want, text
+
+
+def test_drafting_sequences_batch_with_plain_ones(plain: GGUFEngine, drafting: GGUFEngine) -> None:
+    texts = ["a b c a b c a b", "hello there, friend", "x y z x y z x", "1 2 3 4"]
+    prompts = [encode(plain, t) for t in texts]
+    params = replace(GREEDY, max_tokens=24)
+    want = [[s.token for s in complete(plain, p, params, NEVER).tokens] for p in prompts]
+    drafting.clear_cache()
+    streams = [stream_chunks(drafting, p, params, NEVER) for p in prompts]
+    got: list[list[int]] = [[] for _ in prompts]
+    for index, chunk in interleave(streams):
+        got[index].extend(s.token for s in chunk.tokens)
+    assert got == want
+    assert drafting.open_sequences == 0
