@@ -349,8 +349,8 @@ class GGUFBatcher:
 
     def _judge(self, sequence: Sequence, drafted: int, matched: int) -> None:
         """Count a verified draft and size the next one; a sequence whose drafts the model
-        mostly refuses stops drafting for a while. On a CPU a step of 9 rows costs ~3 one-row steps (the
-        embedded model, 2 cores): drafts that are not confirmed slow the text down."""
+        mostly refuses stops drafting for a while. On a CPU a step of 9 rows costs ~3
+        one-row steps (the embedded model, 2 cores): refused drafts slow the text down."""
         self.drafted += drafted
         self.accepted += matched
         sequence.drafted += drafted
