@@ -23,13 +23,13 @@ from server.engine.base import Engine
 from server.engine.embeddings import EmbeddingModel
 from server.engine.templates import ChatTemplate, sampling_defaults
 from server.engine.worker import GenerationWorker
-from server.errors import PomarError, envelope_for, error_envelope
+from server.errors import ModelLoadError, PomarError, envelope_for, error_envelope
 from server.jobs.runner import JobRunner
 from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from server.models import ModelCatalog
 from server.models.finetuned import FineTunedModels
 from server.models.info import serving_memory
-from server.models.loading import load_engine, resolve_model_path, settle_backend
+from server.models.loading import draft_gguf, load_engine, resolve_model_path, settle_backend
 from server.models.memory import default_budget
 from server.models.options import read_options
 from server.models.registry import ModelRegistry
@@ -235,6 +235,7 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
         from server.engine.mlx.openblas import status
 
         log.info(status(os.environ))
+    draft = await _draft_model(spec, settings)
     worker = GenerationWorker(spec.backend)
     started = time.perf_counter()
     options = {
@@ -248,7 +249,7 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
     }
     try:
         engine = await worker.call(
-            lambda: load_engine(spec.backend, spec.path, options, context=own.context)
+            lambda: load_engine(spec.backend, spec.path, options, context=own.context, draft=draft)
         )
     except BaseException:
         worker.close()
@@ -263,6 +264,20 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
         time.perf_counter() - started,
     )
     return _loaded(spec.id, engine, worker)
+
+
+async def _draft_model(spec: ModelSpec, settings: Settings) -> Path | None:
+    """The GGUF file that drafts for the model under speculative=draft, else None."""
+    own = spec.options
+    if (own.speculative or settings.speculative) != "draft":
+        return None
+    name = own.draft_model or settings.draft_model
+    if not name:
+        raise ModelLoadError(
+            "speculative=draft needs a draft model: set POMAR_DRAFT_MODEL (or "
+            f"`pomar models set {spec.id} draft_model=ID`) to a smaller GGUF of its family"
+        )
+    return await asyncio.to_thread(draft_gguf, name, settings.models_dir)
 
 
 def _pick(own: int | None, server: int) -> int:

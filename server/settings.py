@@ -61,11 +61,16 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         8, ge=1, le=256, description="Concurrent requests decoded together (MLX and GGUF engines)."
     )
-    speculative: Literal["off", "ngram"] = Field(
+    speculative: Literal["off", "ngram", "draft"] = Field(
         "off",
         description="Speculative decoding on the GGUF engine: 'ngram' drafts the next tokens "
-        "from the sequence's own earlier text (prompt lookup) and verifies them in one step; "
-        "the output is the same, faster where text repeats (edits of a file): docs/engines.md.",
+        "from the sequence's own earlier text (prompt lookup), 'draft' has draft_model draft "
+        "them; they are verified in one step, and the output is the same: docs/engines.md.",
+    )
+    draft_model: str | None = Field(
+        None,
+        description="The model that drafts under speculative=draft: a smaller GGUF of the "
+        "served model's family (a stored model id, a folder or a .gguf file).",
     )
     draft_tokens: int = Field(
         8, ge=1, le=64, description="Most tokens one speculative step drafts per sequence."

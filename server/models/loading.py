@@ -223,17 +223,36 @@ def torch_has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def draft_gguf(model: str, models_dir: Path) -> Path:
+    """The GGUF file of a draft model named by id, folder or file.
+
+    Raises:
+        ModelLoadError: it names no model, or one without a GGUF file.
+    """
+    from server.modelfiles import find_gguf
+
+    path = resolve_model_path(model, models_dir)
+    gguf = path if path.suffix == ".gguf" else find_gguf(path)
+    if gguf is None:
+        raise ModelLoadError(
+            f"the draft model '{model}' has no GGUF file: the draft must be a GGUF"
+        )
+    return gguf
+
+
 def load_engine(
     backend: str,
     path: Path,
     mlx_options: Mapping[str, int] | None = None,
     context: int | None = None,
+    draft: Path | None = None,
 ) -> Engine:
     """Load the weights at `path` with the named backend (heavy imports happen here).
 
     `mlx_options` are the MLX engine's batching and prompt-cache bounds (keyword
     arguments of `MLXEngine`; the GGUF engine takes `max_batch_size` and `draft_tokens`);
-    `context` caps the model's context length.
+    `context` caps the model's context length; `draft` is the GGUF that drafts under
+    speculative=draft (GGUF engine).
     """
     if backend == "gguf":
         if importlib.util.find_spec("llama_cpp") is None:
@@ -254,6 +273,7 @@ def load_engine(
                 context=context,
                 max_batch_size=bounds.get("max_batch_size", 8),
                 draft_tokens=bounds.get("draft_tokens", 0),
+                draft_model=draft,
             )
         fallback, why = choose_backend("auto", path)
         log.warning("%s has no GGUF file: serving it with %s instead (%s)", path, fallback, why)

@@ -28,8 +28,11 @@ class ModelOptions(BaseModel):
     max_batch_size: int | None = Field(
         None, ge=1, le=256, description="requests decoded together (MLX and GGUF engines)"
     )
-    speculative: Literal["off", "ngram"] | None = Field(
-        None, description="speculative decoding (GGUF engine): off or ngram"
+    speculative: Literal["off", "ngram", "draft"] | None = Field(
+        None, description="speculative decoding (GGUF engine): off, ngram or draft"
+    )
+    draft_model: str | None = Field(
+        None, description="the model that drafts under speculative=draft (same family)"
     )
     draft_tokens: int | None = Field(
         None, ge=1, le=64, description="most tokens one speculative step drafts"

@@ -107,3 +107,65 @@ def test_drafting_sequences_batch_with_plain_ones(plain: GGUFEngine, drafting: G
         got[index].extend(s.token for s in chunk.tokens)
     assert got == want
     assert drafting.open_sequences == 0
+
+
+@pytest.fixture(scope="module")
+def self_drafting(tiny_gguf_path: Path) -> GGUFEngine:
+    """The tiny model drafting for itself: every greedy draft should be confirmed."""
+    return GGUFEngine(
+        tiny_gguf_path,
+        tiny_gguf_path.parent,
+        max_batch_size=4,
+        draft_tokens=6,
+        draft_model=tiny_gguf_path,
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [GREEDY, replace(GREEDY, temperature=0.9, top_p=0.95, seed=7)],
+    ids=["greedy", "seeded"],
+)
+def test_a_draft_model_gives_the_same_output(
+    plain: GGUFEngine, self_drafting: GGUFEngine, params: GenerationParams
+) -> None:
+    before = self_drafting.stats()
+    for text in ["Once upon a time", "The cat sat on the mat.", "1 2 3"]:
+        ids = encode(plain, text)
+        plain.clear_cache()
+        want = complete(plain, ids, params, NEVER)
+        got = complete(self_drafting, ids, params, NEVER)
+        assert [s.token for s in got.tokens] == [s.token for s in want.tokens], text
+        assert got.text == want.text
+    after = self_drafting.stats()
+    drafted = after["drafted_tokens"] - before["drafted_tokens"]
+    accepted = after["accepted_tokens"] - before["accepted_tokens"]
+    assert drafted > 20
+    if params.temperature == 0:  # its own greedy guesses: all but a near tie confirmed
+        assert accepted >= 0.9 * drafted
+
+
+def test_a_draft_model_drafts_for_a_whole_batch(
+    plain: GGUFEngine, self_drafting: GGUFEngine
+) -> None:
+    texts = ["a b c a b c", "hello there, friend", "x y z", "1 2 3 4"]
+    prompts = [encode(plain, t) for t in texts]
+    params = replace(GREEDY, max_tokens=24)
+    want = [[s.token for s in complete(plain, p, params, NEVER).tokens] for p in prompts]
+    streams = [stream_chunks(self_drafting, p, params, NEVER) for p in prompts]
+    got: list[list[int]] = [[] for _ in prompts]
+    for index, chunk in interleave(streams):
+        got[index].extend(s.token for s in chunk.tokens)
+    assert got == want and self_drafting.largest_batch == 4
+
+
+def test_a_draft_model_of_another_vocabulary_is_refused(
+    tiny_gguf_path: Path, embedded_model_path: Path
+) -> None:
+    from server.errors import ModelLoadError
+    from server.modelfiles import find_gguf
+
+    other = find_gguf(embedded_model_path)
+    assert other is not None
+    with pytest.raises(ModelLoadError, match="vocabulary"):
+        GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, draft_tokens=4, draft_model=other)

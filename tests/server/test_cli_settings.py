@@ -90,6 +90,7 @@ def test_every_setting_has_its_flag_and_its_readme_row() -> None:
 def _flag_value(name: str) -> list[str]:
     values = {"backend": "gguf", "keep_alive": "5m", "max_memory": "1GB", "reasoning_field": "both"}
     values["speculative"] = "ngram"
+    values["draft_model"] = "small"
     return [setting_flag(name), values.get(name, "1")]
 
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.gguf.adapters import GGUFAdapters
@@ -27,6 +27,9 @@ from server.engine.gguf.rows import Rows, new_context
 from server.engine.gguf.tokenizer import gguf_tokenizer
 from server.engine.templates import end_of_turn_ids
 from server.engine.worker import job_state
+
+if TYPE_CHECKING:
+    from server.engine.gguf.draft import DraftModel
 from server.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -138,13 +141,16 @@ class GGUFEngine(Engine):
         context: int | None = None,
         max_batch_size: int = 8,
         draft_tokens: int = 0,
+        draft_model: Path | None = None,
     ) -> None:
         """Load `gguf_file`; `hf_dir`, when given, is the same model as a Hugging Face folder.
 
         Up to `max_batch_size` completions decode together, each in its own stream of the
         cache. The cache starts at `initial_context` positions in all and grows on demand;
         one sequence takes at most the model's context: MAX_CONTEXT, or `context` if given.
-        `draft_tokens` > 0 turns on prompt-lookup speculation (`server.engine.lookup`).
+        `draft_tokens` > 0 turns on speculation: drafts by `draft_model` (a GGUF file of
+        the same vocabulary, `server.engine.gguf.draft`) or else by prompt lookup
+        (`server.engine.lookup`).
 
         The folder (the embedded model's import) provides the tokenizer, the sampling defaults
         and the weights fine-tuning jobs train on; without it the tokenizer is read from the
@@ -193,6 +199,7 @@ class GGUFEngine(Engine):
             self._grow,
             self._adapters.apply,
             draft_tokens=draft_tokens,
+            drafter=self._draft_model(draft_model) if draft_tokens else None,
         )
         self._score_rows = Rows()
 
@@ -218,6 +225,15 @@ class GGUFEngine(Engine):
     def largest_batch(self) -> int:
         """The most completions one decode step has served together so far."""
         return self._batcher.largest_batch
+
+    def _draft_model(self, gguf_file: Path | None) -> DraftModel | None:
+        if gguf_file is None:
+            return None
+        from server.engine.gguf.draft import DraftModel
+
+        draft = DraftModel(gguf_file, self.llama, self.max_batch_size, 1)
+        log.info("speculative decoding: %s drafts for %s", draft.name, self.gguf_file.name)
+        return draft
 
     def stats(self) -> dict[str, int]:
         batcher = self._batcher

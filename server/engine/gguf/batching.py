@@ -43,6 +43,17 @@ DRAFT_JUDGED = 16
 DRAFT_KEEP = 0.4
 DRAFT_PAUSE = 16
 
+#: what a drafter is asked for each sequence: its slot, its tokens so far, how many to draft
+DraftRequest = tuple[int, list[int], int]
+#: proposes a draft for each request, in order (fewer tokens than asked is fine)
+Drafter = Callable[[list[DraftRequest]], list[list[int]]]
+
+
+def _lookup(requests: list[DraftRequest]) -> list[list[int]]:
+    """Prompt lookup: each sequence drafts from its own earlier tokens."""
+    return [lookup_draft(history, size) for _, history, size in requests]
+
+
 #: a decode row to sample: the sequence, its first row, the tokens drafted after it
 Planned = tuple["Sequence", int, list[int]]
 
@@ -100,10 +111,12 @@ class GGUFBatcher:
         grow: Callable[[int], bool],
         apply_adapter: Callable[[str], None],
         draft_tokens: int = 0,
+        drafter: Drafter | None = None,
     ) -> None:
         """`grow(positions)` makes a context whose streams hold that many positions each
         (False: past the model's context); `apply_adapter(key)` switches the LoRA adapter.
-        `draft_tokens` > 0 turns prompt-lookup speculation on, up to that many a step."""
+        `draft_tokens` > 0 turns speculation on, up to that many drafted tokens a step,
+        drafted by `drafter` (prompt lookup when None)."""
         self._llama = llama
         self._vocab = vocab
         self._grow = grow
@@ -114,6 +127,7 @@ class GGUFBatcher:
         self._clock = itertools.count(1)
         self.memory = Memory(llama.ctx)
         self._draft_tokens = draft_tokens
+        self._drafter: Drafter = drafter or _lookup
         #: the most sequences one step has decoded together so far
         self.largest_batch = 0
         #: tokens proposed by prompt lookup, and how many of them the model confirmed
@@ -261,9 +275,7 @@ class GGUFBatcher:
             if not self._fits(sequence, 1, stream):
                 return None
         planned: list[Planned] = []
-        for i, sequence in enumerate(ready):
-            # rows for the decoding sequences still to come stay free
-            drafts = self._draft(sequence, stream, rows.room - (len(ready) - i))
+        for sequence, drafts in zip(ready, self._drafts(ready, stream), strict=True):
             last = self._add(sequence, [sequence.feed, *drafts], logits=True)
             planned.append((sequence, last - len(drafts), drafts))
         for sequence in reading:
@@ -282,18 +294,26 @@ class GGUFBatcher:
                 planned.append((sequence, self._add(sequence, [sequence.feed], logits=True), []))
         return planned
 
-    def _draft(self, sequence: Sequence, stream: int, rows: int) -> list[int]:
-        """The tokens prompt lookup proposes after the sequence's feed (none if off)."""
+    def _drafts(self, ready: list[Sequence], stream: int) -> list[list[int]]:
+        """The tokens the drafter proposes after each decoding sequence's feed (none
+        when speculation is off, paused for the sequence, or out of room)."""
         if not self._draft_tokens:
-            return []
-        if sequence.draft_pause:
-            sequence.draft_pause -= 1
-            return []
-        slot = sequence.slot
-        assert slot is not None
-        size = min(self._draft_tokens, sequence.draft_size)
-        room = min(size, sequence.budget - 1, rows, stream - len(slot.tokens) - 1)
-        return lookup_draft([*slot.tokens, sequence.feed], room)
+            return [[] for _ in ready]
+        free = self._rows.room - len(ready)  # one row each for their feeds
+        asks: list[DraftRequest] = []
+        for sequence in ready:
+            slot = sequence.slot
+            assert slot is not None
+            size = min(self._draft_tokens, sequence.draft_size, free)
+            size = min(size, sequence.budget - 1, stream - len(slot.tokens) - 1)
+            if sequence.draft_pause:
+                sequence.draft_pause -= 1
+                size = 0
+            free -= max(0, size)
+            asks.append((slot.seq_id, [*slot.tokens, sequence.feed], max(0, size)))
+        wanted = [a for a in asks if a[2]]
+        proposed = iter(self._drafter(wanted) if wanted else [])
+        return [next(proposed)[:size] if size else [] for _, _, size in asks]
 
     def _fits(self, sequence: Sequence, rows: int, stream: int) -> bool:
         """Whether the sequence's stream holds `rows` more; if not, grow the context
