@@ -297,5 +297,7 @@ def load_engine(
     if backend == "torch":
         from server.engine.torch.backend import TorchEngine
 
-        return TorchEngine(path, context=context)
+        # prompt lookup only: a draft model drafts on the GGUF engine alone
+        drafts = (mlx_options or {}).get("draft_tokens", 0) if draft is None else 0
+        return TorchEngine(path, context=context, draft_tokens=drafts)
     raise ModelLoadError(f"unknown backend '{backend}'")

@@ -169,3 +169,24 @@ def test_a_draft_model_of_another_vocabulary_is_refused(
     assert other is not None
     with pytest.raises(ModelLoadError, match="vocabulary"):
         GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, draft_tokens=4, draft_model=other)
+
+
+def test_prompt_lookup_on_the_torch_engine_gives_the_same_output(tiny_model_path: Path) -> None:
+    from server.engine.torch.backend import TorchEngine
+
+    plain = TorchEngine(tiny_model_path, device="cpu")
+    drafting = TorchEngine(tiny_model_path, device="cpu", draft_tokens=6)
+    forced = plain.tokenizer.encode(" three", add_special_tokens=False)[-1]
+    cases = [
+        ("one two three one two three one two", replace(GREEDY, logit_bias={forced: 100.0})),
+        ("The cat sat on the mat. The cat sat on the", GREEDY),
+        ("1 2 3 4 5 1 2 3 4 5 1 2", replace(GREEDY, temperature=0.9, top_p=0.95, seed=7)),
+    ]
+    for text, params in cases:
+        ids = list(plain.tokenizer.encode(text, add_special_tokens=False))
+        want = complete(plain, ids, params, NEVER)
+        got = complete(drafting, ids, params, NEVER)
+        assert [s.token for s in got.tokens] == [s.token for s in want.tokens], text
+        assert got.tokens[3].logprob == pytest.approx(want.tokens[3].logprob, abs=1e-4)
+    stats = drafting.stats()
+    assert stats["accepted_tokens"] >= 20 and stats["drafted_tokens"] >= stats["accepted_tokens"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from finetune.devices import pick_device
 from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
+from server.engine.lookup import lookup_draft
 from server.engine.templates import end_of_turn_ids
 
 #: prompt tokens read per forward pass when scoring a prompt: bounds the logits held at
@@ -27,9 +28,14 @@ class TorchEngine(Engine):
     backend = "torch"
 
     def __init__(
-        self, model_path: Path, device: str | None = None, context: int | None = None
+        self,
+        model_path: Path,
+        device: str | None = None,
+        context: int | None = None,
+        draft_tokens: int = 0,
     ) -> None:
-        """`context` caps the model's own context length (a per-model setting)."""
+        """`context` caps the model's own context length (a per-model setting);
+        `draft_tokens` > 0 turns on prompt-lookup speculation (`server.engine.lookup`)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,6 +59,9 @@ class TorchEngine(Engine):
         # len(prompt) x vocab floats (~200 MB for a 1000-token prompt on a 49k vocabulary)
         self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward_params else {}
         self._adapters: Any = None
+        self._draft_tokens = draft_tokens if self._last_logits else 0
+        #: tokens prompt lookup proposed, and how many of them the model confirmed
+        self.drafted = self.accepted = 0
 
     def activate_adapter(self, adapter_dir: Path | None) -> None:
         if adapter_dir is None and self._adapters is None:
@@ -66,6 +75,10 @@ class TorchEngine(Engine):
     @property
     def context_length(self) -> int:
         return self._context
+
+    def stats(self) -> dict[str, int]:
+        own = {"drafted_tokens": self.drafted, "accepted_tokens": self.accepted}
+        return {**super().stats(), **(own if self._draft_tokens else {})}
 
     def describe(self) -> str:
         return f"torch ({self.device}, {str(self._dtype).removeprefix('torch.')})"
@@ -108,18 +121,37 @@ class TorchEngine(Engine):
         from server.engine.sampling import CompletionSampler
 
         room = self._context - len(prompt_ids)
+        limit = max(0, min(params.max_tokens, room))
+        history = list(prompt_ids)
         with torch.inference_mode():
             cache = DynamicCache()
             inputs = torch.tensor([prompt_ids], device=self.device)
             kw = {self._cache_kw: cache, "use_cache": True}
             logits = self.model(input_ids=inputs, **kw, **self._last_logits).logits
             sampler = CompletionSampler(params, int(logits.shape[-1]))
-            for _ in range(max(0, min(params.max_tokens, room))):
-                # the CPU sampler (as the GGUF engine's) on a float32 copy of the logits
-                out = sampler.next(logits[0, -1].float().cpu().numpy().copy())
-                yield out
-                if should_stop():
-                    return
-                sampler.accept(out.token)
-                step = torch.tensor([[out.token]], device=self.device)
+            drafts: list[int] = []
+            made = 0
+            while made < limit:
+                # the CPU sampler (as the GGUF engine's) on float32 copies of the logits;
+                # row i saw the drafts before it: go on while the sample is the draft
+                rows = logits[0, -(len(drafts) + 1) :].float().cpu().numpy()
+                for i in range(len(drafts) + 1):
+                    out = sampler.next(rows[i].copy())
+                    yield out
+                    made += 1
+                    if should_stop() or made >= limit:
+                        return
+                    sampler.accept(out.token)
+                    history.append(out.token)
+                    if i == len(drafts) or out.token != drafts[i]:
+                        break
+                confirmed = i
+                if drafts:
+                    self.drafted += len(drafts)
+                    self.accepted += confirmed
+                    refused = cache.get_seq_length() - (len(history) - 1)
+                    if refused > 0:  # the refused drafts' keys and values
+                        cache.crop(-refused)
+                drafts = lookup_draft(history, min(self._draft_tokens, limit - made - 1))
+                step = torch.tensor([[history[-1], *drafts]], device=self.device)
                 logits = self.model(input_ids=step, **kw).logits
