@@ -17,6 +17,7 @@ from server.engine.base import GenerationParams
 from server.engine.generation import Chunk, interleave, stream_chunks
 from server.engine.mlx.backend import MLXEngine
 from server.engine.worker import GenerationWorker
+from tests.engine.batch_jobs import Producer, collect, job, run_batch, tokens_of
 
 GREEDY = GenerationParams(max_tokens=24, temperature=0.0, top_logprobs=0)
 PROMPTS = ["The cat sat on", "Once upon a time", "1 2 3 4 5", "hello there, friend"]
@@ -42,39 +43,6 @@ def reference(engine: MLXEngine, prompt: list[int], max_tokens: int) -> list[int
             break
         out.append(int(token))
     return out
-
-
-Producer = Callable[[Callable[[], bool]], Iterator[Chunk]]
-
-
-def job(
-    engine: MLXEngine, prompt: list[int], params: GenerationParams, adapter: Path | None = None
-) -> Producer:
-    def produce(should_stop: Callable[[], bool]) -> Iterator[Chunk]:
-        # as the services' producers do: the adapter is chosen right before the stream
-        engine.activate_adapter(adapter)
-        yield from stream_chunks(engine, prompt, params, should_stop)
-
-    return produce
-
-
-async def collect(worker: GenerationWorker, producer: Producer) -> list[Chunk]:
-    return [chunk async for chunk in worker.stream(producer)]
-
-
-def tokens_of(chunks: list[Chunk]) -> list[int]:
-    return [s.token for c in chunks for s in c.tokens]
-
-
-async def run_batch(
-    engine: MLXEngine, jobs: list[tuple[list[int], GenerationParams]]
-) -> list[list[Chunk]]:
-    worker = GenerationWorker("batch", concurrency=engine.max_concurrency)
-    try:
-        runs = [collect(worker, job(engine, p, params)) for p, params in jobs]
-        return list(await asyncio.gather(*runs))
-    finally:
-        worker.close()
 
 
 async def test_batched_greedy_equals_unbatched(engine: MLXEngine) -> None:

@@ -10,7 +10,6 @@ file keeps its logits within ~0.02 and its greedy tokens equal: docs/engines.md.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,10 +20,10 @@ from server.engine.generation import Chunk, stream_chunks
 from server.engine.gguf.backend import GGUFEngine
 from server.engine.gguf.rows import Rows
 from server.engine.worker import GenerationWorker
+from tests.engine.batch_jobs import Producer, collect, job, run_batch, tokens_of
 
 GREEDY = GenerationParams(max_tokens=24, temperature=0.0, top_logprobs=0)
 PROMPTS = ["The cat sat on", "Once upon a time", "1 2 3 4 5", "hello there, friend"]
-Producer = Callable[[Callable[[], bool]], Iterator[Chunk]]
 
 
 @pytest.fixture(scope="module")
@@ -34,32 +33,6 @@ def engine(tiny_gguf_path: Path) -> GGUFEngine:
 
 def encode(engine: GGUFEngine, text: str) -> list[int]:
     return list(engine.tokenizer.encode(text, add_special_tokens=False))
-
-
-def job(engine: GGUFEngine, prompt: list[int], params: GenerationParams) -> Producer:
-    def produce(should_stop: Callable[[], bool]) -> Iterator[Chunk]:
-        engine.activate_adapter(None)
-        yield from stream_chunks(engine, prompt, params, should_stop)
-
-    return produce
-
-
-async def collect(worker: GenerationWorker, producer: Producer) -> list[Chunk]:
-    return [chunk async for chunk in worker.stream(producer)]
-
-
-def tokens_of(chunks: list[Chunk]) -> list[int]:
-    return [s.token for c in chunks for s in c.tokens]
-
-
-async def run_batch(
-    engine: GGUFEngine, jobs: list[tuple[list[int], GenerationParams]]
-) -> list[list[Chunk]]:
-    worker = GenerationWorker("batch", concurrency=engine.max_concurrency)
-    try:
-        return list(await asyncio.gather(*[collect(worker, job(engine, p, q)) for p, q in jobs]))
-    finally:
-        worker.close()
 
 
 async def alone(engine: GGUFEngine, prompt: list[int], params: GenerationParams) -> list[Chunk]:
