@@ -323,47 +323,37 @@ def cpu_variant_folder(binary: Path, folder: Path) -> str:
     """Fill `folder` with `binary` and its libraries, but only the CPU variant pomar loads.
 
     With GGML_BACKEND_DL llama-server loads the best-scoring `libggml-cpu-*.so` beside its
-    executable. pomar (server/engine/gguf/cpu.py) skips sapphirerapids unless
-    POMAR_LLAMA_CPU_VARIANT names it: a VM can report AMX without granting the tiles, and
-    llama-server then dies of SIGILL. Same rule here, same override; returns the variant.
+    executable. pomar skips sapphirerapids unless POMAR_LLAMA_CPU_VARIANT names it (a VM
+    can report AMX without granting the tiles, and llama-server then dies of SIGILL):
+    the choice is pomar's own (`server.engine.gguf.cpu.pick_variant`), made in a child
+    so that llama-server's libraries never load into this process. Returns the variant.
     """
-    variants = {
-        p.name[len("libggml-cpu-") : -len(".so")]: p for p in binary.parent.glob("libggml-cpu-*.so")
-    }
-    scores: dict[str, int] = {}
+    from server.engine.gguf.cpu import variant_files
+
+    variants = variant_files([binary.parent])
+    chosen = "none"
     if variants:
         done = subprocess.run(
-            [sys.executable, "-c", _SCORE, *map(str, variants.values())],
+            [sys.executable, "-c", _PICK, str(binary.parent)],
             capture_output=True,
             text=True,
             check=True,
+            cwd=ROOT,
         )
-        scores = dict(zip(variants, json.loads(done.stdout), strict=True))
-    wanted = os.environ.get("POMAR_LLAMA_CPU_VARIANT")
-    usable = {n: s for n, s in scores.items() if s > 0 and (n == wanted or n not in _NEEDS_AMX)}
-    if wanted:
-        usable = {n: s for n, s in usable.items() if n == wanted}
-    chosen = max(usable, key=lambda n: usable[n]) if usable else "none"
+        chosen = done.stdout.strip()
     shutil.copy2(binary, folder / binary.name)  # its own folder is where ggml searches
+    others = {p.name for name, p in variants.items() if name != chosen}
     for path in binary.parent.iterdir():
-        other_variant = path.name in (f"{p.name}" for p in variants.values())
-        if path != binary and (not other_variant or path.name == f"libggml-cpu-{chosen}.so"):
+        if path != binary and path.name not in others:
             (folder / path.name).symlink_to(path)
     return chosen
 
 
-_NEEDS_AMX = frozenset({"sapphirerapids"})
-_SCORE = """
-import ctypes, json, sys
-scores = []
-for path in sys.argv[1:]:
-    try:
-        lib = ctypes.CDLL(path)
-        lib.ggml_backend_score.restype = ctypes.c_int
-        scores.append(int(lib.ggml_backend_score()))
-    except (OSError, AttributeError):
-        scores.append(0)
-print(json.dumps(scores))
+_PICK = """
+import os, sys
+from pathlib import Path
+from server.engine.gguf.cpu import VARIANT_ENV, pick_variant, variant_files
+print(pick_variant(variant_files([Path(sys.argv[1])]), os.environ.get(VARIANT_ENV)))
 """
 
 

@@ -104,6 +104,16 @@ def ensure_cpu_backend() -> CPUBackend:
         return _loaded
 
 
+def pick_variant(files: dict[str, Path], wanted: str | None = None) -> str:
+    """The variant `ensure_cpu_backend` would load from `files` (name -> library) on this
+    CPU, without loading it: the best score, AMX kernels only when `wanted` names them.
+
+    Raises:
+        RuntimeError: `wanted` is not among `files`, or no variant runs on this CPU.
+    """
+    return _choose({name: _score(path) for name, path in files.items()}, wanted)
+
+
 def _libggml() -> ctypes.CDLL:
     """The libggml that libllama itself uses (its backend registry is the one that counts).
 
