@@ -123,6 +123,12 @@ def _openai_spec() -> dict[str, Any]:
     purpose = spec["components"]["schemas"]["OpenAIFile"]["properties"]["purpose"]
     if "evals" not in purpose["enum"]:
         purpose["enum"].append("evals")
+    # OpenAI's schema describes the embedding as floats only, yet its API (and the openai
+    # SDK, which decodes it) answers `encoding_format: "base64"` with a base64 string
+    vector = spec["components"]["schemas"]["Embedding"]["properties"]["embedding"]
+    spec["components"]["schemas"]["Embedding"]["properties"]["embedding"] = {
+        "anyOf": [vector, {"type": "string", "contentEncoding": "base64"}]
+    }
     return spec
 
 
