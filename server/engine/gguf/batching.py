@@ -216,7 +216,7 @@ class GGUFBatcher:
         for slot in self._slots:
             if slot.adapter != sequence.adapter:
                 continue
-            n = _common(slot.tokens, head)
+            n = common_prefix(slot.tokens, head)
             if n > shared or (n == shared and slot is target):
                 best, shared = slot, n
         if best is target:
@@ -413,7 +413,7 @@ def _runs(sequence: Sequence) -> bool:
     return sequence.slot is not None and not sequence.finished and sequence.error is None
 
 
-def _common(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the common prefix of two id lists."""
     n = min(len(a), len(b))
     for i in range(n):

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from server.engine.gguf.batching import DraftRequest
+from server.engine.gguf.batching import DraftRequest, common_prefix
 from server.engine.gguf.rows import MAX_ROWS, Memory, Rows, new_context, row_logits
 from server.errors import ModelLoadError
 
@@ -77,7 +77,7 @@ class DraftModel:
         pending: list[tuple[int, int, int, int]] = []  # (request, token, position, wants logits)
         for index, (slot, history, _size) in enumerate(requests):
             held = self._held[slot]
-            keep = _common(held, history[:-1])
+            keep = common_prefix(held, history[:-1])
             if keep < len(held):
                 self._memory.drop(slot, keep)
                 del held[keep:]
@@ -153,11 +153,3 @@ def _check_vocabulary(draft: Any, target: Any, name: str) -> None:
                 f"the draft model {name} reads token {token} as other text than the served "
                 "model: a draft model must share the served model's vocabulary"
             )
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
