@@ -398,14 +398,7 @@ class GGUFBatcher:
             sequence.error = error
         self.memory.clear()
         for slot in self._slots:
-            owner = slot.owner
-            if owner is not None and owner.error is None:
-                owner.todo = slot.tokens + owner.todo
-            slot.tokens = []
-
-    def close_rows(self) -> None:
-        """Free the batch buffers (the engine is being unloaded)."""
-        self._rows.close()
+            self._invalidate(slot)  # the sequences of other adapters read their tokens again
 
 
 def _runs(sequence: Sequence) -> bool:
