@@ -168,7 +168,8 @@ def main(
 
     ``resolve_model`` maps the server's model ids to a local folder; without it ``--model``
     is a local path or a Hugging Face id. ``weights_of`` sizes a model's weights as the
-    trainer holds them; without it the estimate takes parameters x ``--precision``. Exit
+    trainer holds them; without it, or with ``--precision`` given (``int4``: QLoRA's
+    quantized base), the estimate takes parameters x precision. Exit
     codes: 0 ok, 1 the file cannot train (or some records could not convert), 2 usage
     error.
     """

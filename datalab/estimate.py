@@ -24,6 +24,8 @@ Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 Backend = Literal["torch-cpu", "mlx-cpu", "mlx-metal", "torch-mps", "torch-cuda"]
 
 BYTES_PER_WEIGHT: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
+#: precisions of a quantized base (QLoRA: ``hyperparameters.quantize``)
+QUANTIZED = ("int8", "int4")
 
 REFERENCE_PARAMS = 135_000_000
 # Training tokens/s for a 135M-parameter model. The CPU figures are measured (docs/platform.md:
@@ -74,7 +76,8 @@ class ModelShape(BaseModel):
     vocab_size: int = Field(gt=0)
     context_length: int | None = None
     #: bytes the trainer holds the weights in, where the caller knows (pomar passes the
-    #: reckoning its admission and `pomar models info` use); None: parameters x precision
+    #: reckoning its admission and `pomar models info` use); None, or a precision given
+    #: explicitly (QLoRA's int4/int8): parameters x precision
     weights_bytes: int | None = Field(None, gt=0)
 
     @classmethod
@@ -174,9 +177,17 @@ def lora_param_count(spec: ModelShape, cfg: EstimateConfig) -> int:
     return layers * cfg.lora_rank * per_layer
 
 
+def weights_bytes(spec: ModelShape, cfg: EstimateConfig) -> float:
+    """Bytes of the frozen weights: the model's own size where known, unless a precision
+    was asked for (``--precision int4``: QLoRA's quantized base), which then wins."""
+    if spec.weights_bytes and "precision" not in cfg.model_fields_set:
+        return spec.weights_bytes
+    return spec.n_params * BYTES_PER_WEIGHT[cfg.precision]
+
+
 def estimate_memory(spec: ModelShape, cfg: EstimateConfig, seq_len: int) -> MemoryEstimate:
     """Peak memory of LoRA training at ``seq_len`` tokens per sequence."""
-    weights = spec.weights_bytes or spec.n_params * BYTES_PER_WEIGHT[cfg.precision]
+    weights = weights_bytes(spec, cfg)
     lora = lora_param_count(spec, cfg) * 16
     s, b, h, a = seq_len, cfg.batch_size, spec.hidden_size, spec.n_heads
     act_scale = 2.0 if cfg.precision == "fp32" else 1.0
@@ -246,6 +257,12 @@ def estimate_training(
         msg += (
             f"; needs ≈ {memory.total_gb:.1f} GB, {verdict} in {memory.usable_gb:.1f} GB usable "
             f"of {memory.budget_gb:.0f} GB"
+        )
+    if memory is not None and spec is not None and cfg.precision in QUANTIZED:
+        unquantized = spec.weights_bytes or spec.n_params * BYTES_PER_WEIGHT["bf16"]
+        msg += (
+            f" (QLoRA: {cfg.precision} weights {memory.weights_gb:.2f} GB instead of "
+            f"{unquantized / _GB:.2f} GB unquantized)"
         )
     return Estimate(
         n_examples=n_examples,

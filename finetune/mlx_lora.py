@@ -55,6 +55,12 @@ class MLXLoRABackend:
         if mx.default_device() == mx.cpu:
             # bf16 matmuls skip BLAS on the CPU path: fp32 is ~20x faster there (docs/platform.md)
             model.set_dtype(mx.float32)
+        if config.quantize is not None:
+            # QLoRA: a float base is quantized here, before the LoRA layers (an already
+            # quantized one is kept as it is; finetune/quantize.py logs which)
+            from finetune.quantize import quantize_mlx_model
+
+            quantize_mlx_model(model, config.quantize)
         model.freeze()
         self.num_layers = config.lora.layers_to_adapt(len(model.layers))
         lora = config.lora

@@ -39,7 +39,29 @@ class TorchLoRABackend:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         # the LoRA A matrices and dropout masks come from torch's global generator
         torch.manual_seed(config.seed)
-        base = AutoModelForCausalLM.from_pretrained(str(config.model_path), dtype=dtype)
+        quantization = None
+        if config.quantize is not None:
+            # QLoRA: bitsandbytes' 4-bit NF4 or 8-bit base, CUDA only (a clear ValueError
+            # elsewhere, or without bitsandbytes: finetune/quantize.py)
+            from finetune.quantize import torch_quantization_config
+
+            quantization = torch_quantization_config(config.quantize, self.device == "cuda")
+        if quantization is None:
+            base = AutoModelForCausalLM.from_pretrained(str(config.model_path), dtype=dtype)
+        else:
+            from peft import prepare_model_for_kbit_training
+
+            base = AutoModelForCausalLM.from_pretrained(
+                str(config.model_path),
+                dtype=dtype,
+                quantization_config=quantization,
+                device_map={"": torch.cuda.current_device()},
+            )
+            # freezes the base, casts its float leftovers (norms, head) to fp32, and turns
+            # on gradient checkpointing, as QLoRA trains
+            base = prepare_model_for_kbit_training(
+                base, gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         n_layers = int(base.config.num_hidden_layers)
         num_layers = config.lora.layers_to_adapt(n_layers)
         lora = config.lora
@@ -61,7 +83,8 @@ class TorchLoRABackend:
             # PEFT asks transformers 5 a deprecated question (is_gradient_checkpointing)
             warnings.simplefilter("ignore", FutureWarning)
             self.model: Any = get_peft_model(base, peft_config)
-        self.model.to(self.device)
+        if quantization is None:  # bitsandbytes placed a quantized base already
+            self.model.to(self.device)
         _check_targets(self.model, lora.target_modules)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate)

@@ -34,7 +34,8 @@ def train_config(
     """The trainer's config, and the hyperparameters resolved from "auto" to numbers.
 
     `hp` holds OpenAI's n_epochs, batch_size, learning_rate_multiplier ("auto" or a
-    number) and pomar's lora_rank, lora_alpha, lora_layers, max_length (optional).
+    number) and pomar's lora_rank, lora_alpha, lora_layers, max_length and quantize
+    (optional).
     """
     train_file, valid_file = data_dir / "train.jsonl", data_dir / "valid.jsonl"
     n = count_lines(train_file)
@@ -73,6 +74,7 @@ def train_config(
         eval_batches=25,
         lora=lora,
         resume_from=resume,
+        quantize=hp.get("quantize"),
     )
     resolved = {
         "n_epochs": n_epochs,
@@ -83,4 +85,6 @@ def train_config(
         "lora_layers": -1 if lora.num_layers is None else lora.num_layers,
         "max_length": lora.max_length,
     }
+    if config.quantize is not None:  # QLoRA (pomar): kept, so a resumed job quantizes too
+        resolved["quantize"] = config.quantize
     return config, resolved

@@ -131,6 +131,10 @@ class JobRunner:
                 f"The base model '{job.model}' is not served by this server any more.",
                 "model",
             )
+        if job.hyperparameters.get("quantize") and job.backend == "mlx":  # QLoRA
+            base_path = self._quantized_base(job, base_path)
+            if self._store.jobs.get(job_id).status not in ACTIVE:  # type: ignore[union-attr]
+                return  # cancelled while it was built
         work = self._store.job_dir(job_id)
         data_dir = work / "data"
         if job.status == "validating_files" or not (data_dir / "train.jsonl").is_file():
@@ -156,6 +160,32 @@ class JobRunner:
             return ensure_training_copy(job.model, served, event)
         except ModelNotTrainable as exc:
             raise JobFailed("model_not_trainable", exc.message, "model") from exc
+
+    def _quantized_base(self, job: JobRecord, base_path: Path) -> Path:
+        """A QLoRA job's base quantized as a stored model, made once (its ft: model is
+        served on it: `_served_on`)."""
+        from server.models.quantized_base import ensure_quantized_base
+        from server.models.store import CatalogError
+
+        def event(message: str) -> None:
+            self._store.events.add(job.id, message)
+
+        bits = int(job.hyperparameters["quantize"])
+        try:
+            made = ensure_quantized_base(self._models_dir, job.model, base_path, bits, event)
+        except CatalogError as exc:
+            raise JobFailed("model_not_trainable", str(exc), "hyperparameters.quantize") from exc
+        return made.path
+
+    def _served_on(self, job: JobRecord) -> str:
+        """The base id the job's ft: model and checkpoints are served on."""
+        from server.models.quantized_base import served_base_id
+
+        return served_base_id(self._models_dir, job.model, job.hyperparameters, job.backend)
+
+    @property
+    def _models_dir(self) -> Path:
+        return self._store.home / "models"  # settings.models_dir: the store's home
 
     def _train(
         self, job_id: str, base_path: Path, data_dir: Path, out_dir: Path, stop: threading.Event
@@ -191,8 +221,10 @@ class JobRunner:
             + ".",
         )
 
+        served_on = self._served_on(job)
+
         def register_checkpoint(model_id: str, path: Path) -> None:
-            self._register(model_id, job.model, path, job_id)
+            self._register(model_id, served_on, path, job_id)
 
         callback = JobCallback(self._store, job_id, ft_id, stop, register_checkpoint)
         result = train(config, callback)
@@ -224,6 +256,6 @@ class JobRunner:
             return  # cancelled at the very end: the checkpoints stay, no final model
         # a crash right here leaves the job succeeded and its model unregistered: the next
         # start registers it (FineTunedModels.serve_all)
-        self._register(ft_id, job.model, result.adapter_path, job.id)
+        self._register(ft_id, self._served_on(job), result.adapter_path, job.id)
         self._store.events.add(job.id, f"New fine-tuned model created: {ft_id}")
         self._store.events.add(job.id, "The job has successfully completed.")

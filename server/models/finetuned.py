@@ -11,6 +11,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+from server.models.quantized_base import served_base_id
 from server.models.registry import ModelRegistry
 from server.store import Store, StoreError
 
@@ -46,9 +47,13 @@ class FineTunedModels:
         for job in self._store.jobs.with_status("succeeded"):
             ft, adapter = job.fine_tuned_model, job.adapter_path
             if ft and adapter and ft not in known and Path(adapter).is_dir():
+                # a QLoRA job's model is served on its quantized base
+                base = served_base_id(
+                    self._store.home / "models", job.model, job.hyperparameters, job.backend
+                )
                 with contextlib.suppress(StoreError):
                     self._store.models.register(
-                        ft, base_model=job.model, adapter_path=adapter, job_id=job.id
+                        ft, base_model=base, adapter_path=adapter, job_id=job.id
                     )
         for record in self._store.models.list():
             if self._registry.base_path(record.base_model) is None:

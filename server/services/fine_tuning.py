@@ -63,6 +63,9 @@ class FineTuningService:
         if request.validation_file:
             self._check_file(request.validation_file, "validation_file")
         hp = request.resolved_hyperparameters().model_dump(exclude_none=True)
+        from server.models.quantized_base import check_quantize  # QLoRA (issue 21, part 3)
+
+        check_quantize(hp.get("quantize"), training_backend(base.backend))
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         job = self._store.jobs.create(
             model=request.model,
