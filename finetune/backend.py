@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 if TYPE_CHECKING:
     from finetune.config import TrainConfig
     from finetune.data import Batch
@@ -26,6 +28,18 @@ class StepOutput:
     n_correct: int  # of which the argmax prediction is right
 
 
+@dataclass(frozen=True)
+class PairOutput:
+    """DPO on a batch of pairs (rows ``[chosen..., rejected...]``): the loss and, per pair,
+    the policy-to-reference log-ratio of each response (summed over its trained tokens)."""
+
+    loss: float  # mean DPO sigmoid loss over the pairs
+    chosen: np.ndarray  # (pairs,) log pi(chosen) - log ref(chosen)
+    rejected: np.ndarray  # (pairs,) log pi(rejected) - log ref(rejected)
+    n_targets: int  # trained tokens of the chosen responses
+    n_correct: int  # of which the argmax prediction is right
+
+
 class LoRABackend(Protocol):
     """A base model with LoRA layers, an optimizer, and adapter I/O."""
 
@@ -37,6 +51,23 @@ class LoRABackend(Protocol):
 
     def eval_step(self, batch: Batch) -> StepOutput:
         """Loss and accuracy on the batch without updating anything (dropout off)."""
+        ...
+
+    def sequence_logprobs(self, batch: Batch) -> np.ndarray:
+        """Per row, the summed log-probability of its trained tokens (no update, dropout
+        off): the reference of DPO."""
+        ...
+
+    def pair_step(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
+        """DPO: forward, backward and one optimizer update on a batch of pairs."""
+        ...
+
+    def pair_eval(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
+        """DPO loss and log-ratios on a batch of pairs without updating anything."""
+        ...
+
+    def load_adapter_weights(self, directory: Path) -> None:
+        """Start the LoRA layers from an adapter folder's weights (same LoRA shape)."""
         ...
 
     def save_adapter(self, directory: Path) -> None:

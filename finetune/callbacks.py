@@ -30,10 +30,15 @@ class StepMetrics:
     tokens_per_second: float
     trained_tokens: int
     elapsed_s: float
+    #: method-specific figures, named as they appear in the results CSV (DPO:
+    #: ``train_reward_margin``, ``train_chosen_logratio``, ...)
+    extras: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready), e.g. for a metrics event."""
-        return asdict(self)
+        """A flat plain dict (JSON-ready), e.g. for a metrics event: extras inline."""
+        out = asdict(self)
+        out.update(out.pop("extras"))
+        return out
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,14 @@ class EvalMetrics:
     step: int
     valid_loss: float
     valid_mean_token_accuracy: float
+    #: method-specific figures (DPO: ``valid_reward_margin``, ``valid_preference_accuracy``)
+    extras: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready)."""
-        return asdict(self)
+        """A flat plain dict (JSON-ready): extras inline."""
+        out = asdict(self)
+        out.update(out.pop("extras"))
+        return out
 
 
 @dataclass(frozen=True)

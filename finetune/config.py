@@ -45,6 +45,9 @@ module-name suffix, so the same names drive both backends (Llama/Mistral/Qwen/Sm
 
 MAX_AUTO_BATCH_SIZE = 4
 
+DEFAULT_DPO_BETA: float = 0.1
+"""DPO's beta when the job says "auto" (OpenAI's documented default)."""
+
 
 class LoRAConfig(BaseModel):
     """LoRA adapter shape. ``scale = alpha / rank`` multiplies the low-rank update."""
@@ -117,6 +120,19 @@ class TrainConfig(BaseModel):
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     resume_from: Path | None = Field(
         None, description="A checkpoint dir (checkpoints/step-N) to continue from."
+    )
+    method: Literal["supervised", "dpo"] = Field(
+        "supervised",
+        description="supervised: chat JSONL; dpo: OpenAI preference JSONL (one pair per line).",
+    )
+    beta: float = Field(DEFAULT_DPO_BETA, gt=0, description="DPO's beta (ignored when supervised).")
+    init_adapter: Path | None = Field(
+        None,
+        description="An adapter folder whose weights the LoRA layers start from (fine-tuning "
+        "a fine-tune); its LoRA shape must be this run's.",
+    )
+    quantize: Literal[4, 8] | None = Field(
+        None, description="Quantize a float base to this many bits before adding LoRA (QLoRA)."
     )
 
     @model_validator(mode="after")

@@ -19,10 +19,11 @@ from typing import Any, cast
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from finetune.adapters import CONFIG_FILE, MLX_WEIGHTS, mlx_adapter_config, write_json
-from finetune.backend import StepOutput
+from finetune.backend import PairOutput, StepOutput
 from finetune.config import TrainConfig
 from finetune.data import Batch
 
@@ -82,6 +83,7 @@ class MLXLoRABackend:
         self.optimizer = optim.Adam(learning_rate=config.learning_rate, bias_correction=True)
         self.optimizer.init(model.trainable_parameters())
         self._step: Any = None
+        self._pair_step: Any = None
 
     def _compiled_step(self) -> Any:
         # Built on first use, after any checkpoint restore replaced the optimizer state:
@@ -147,7 +149,65 @@ class MLXLoRABackend:
             self.optimizer.state = tree_unflatten(list(state.items()))
             self.optimizer.learning_rate = self.config.learning_rate
         mx.eval(self.model.parameters(), self.optimizer.state)
-        self._step = None
+        self._step = self._pair_step = None
+
+    def load_adapter_weights(self, directory: Path) -> None:
+        """Start from a parent fine-tune: its adapter's weights, strictly the same layers."""
+        directory = Path(directory)
+        weights = _load_arrays(directory / MLX_WEIGHTS)
+        expected = dict(tree_flatten(self.model.trainable_parameters()))
+        if set(weights) != set(expected):
+            raise ValueError(f"{directory.name}: adapter weights do not match this run's layers")
+        self.model.load_weights(list(weights.items()), strict=False)
+        mx.eval(self.model.parameters())
+        self._step = self._pair_step = None
+
+    # ----------------------------------------------------------------- DPO
+
+    def sequence_logprobs(self, batch: Batch) -> np.ndarray:
+        """Summed log-probability of each row's trained tokens, dropout off."""
+        self.model.eval()
+        ids = mx.array(batch.ids)
+        logps, _ = _sequence_logps(
+            self.model, ids[:, :-1], ids[:, 1:], mx.array(batch.targets_mask)
+        )
+        mx.eval(logps)
+        self.model.train()
+        return np.array(logps, dtype=np.float64)
+
+    def _compiled_pair_step(self, beta: float) -> Any:
+        if self._pair_step is None or self._pair_step[2] != beta:
+            model, optimizer = self.model, self.optimizer
+            loss_and_grad = nn.value_and_grad(model, partial(_dpo_loss, beta=beta))
+            state = [model.state, optimizer.state, mx.random.state]
+
+            @partial(mx.compile, inputs=state, outputs=state)
+            def step(inputs: mx.array, targets: mx.array, mask: mx.array, ref: mx.array) -> Any:
+                outputs, grads = loss_and_grad(model, inputs, targets, mask, ref)
+                optimizer.update(model, grads)
+                return outputs
+
+            self._pair_step = (step, state, beta)
+        return self._pair_step
+
+    def pair_step(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
+        """One Adam update on DPO's loss over a batch of pairs."""
+        step, state, _ = self._compiled_pair_step(beta)
+        self.model.train()
+        ids = mx.array(batch.ids)
+        out = step(ids[:, :-1], ids[:, 1:], mx.array(batch.targets_mask), _f32(reference))
+        mx.eval(state, out)
+        return _pair_output(out)
+
+    def pair_eval(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
+        """DPO's loss and log-ratios with dropout off."""
+        self.model.eval()
+        ids = mx.array(batch.ids)
+        mask = mx.array(batch.targets_mask)
+        out = _dpo_loss(self.model, ids[:, :-1], ids[:, 1:], mask, _f32(reference), beta=beta)
+        mx.eval(out)
+        self.model.train()
+        return _pair_output(out)
 
 
 def _load_arrays(path: Path) -> dict[str, mx.array]:
@@ -166,3 +226,51 @@ def _check_targets(model: nn.Module, targets: tuple[str, ...], num_layers: int) 
     missing = [target for target in targets if target not in found]
     if missing:
         raise ValueError(f"target_modules not found in the model's blocks: {missing}")
+
+
+def _sequence_logps(
+    model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array
+) -> tuple[mx.array, mx.array]:
+    """Per row, the summed log-probability of the trained targets; and the logits."""
+    logits = model(inputs)
+    token_logps = -nn.losses.cross_entropy(logits, targets).astype(mx.float32)
+    return (token_logps * mask).sum(axis=-1), logits
+
+
+def _dpo_loss(
+    model: nn.Module,
+    inputs: mx.array,
+    targets: mx.array,
+    mask: mx.array,
+    reference: mx.array,
+    beta: float,
+) -> Any:
+    """DPO's sigmoid loss (Rafailov et al. 2023) over rows ``[chosen..., rejected...]``.
+
+    ``-log sigmoid(beta * (chosen log-ratio - rejected log-ratio))``, the log-ratios taken
+    against ``reference`` (the same sums under the reference policy), computed as
+    ``logaddexp(0, -z)`` to stay finite. Also the chosen rows' greedy token hits.
+    """
+    logps, logits = _sequence_logps(model, inputs, targets, mask)
+    n = logps.shape[0] // 2
+    ratios = logps - reference
+    chosen, rejected = ratios[:n], ratios[n:]
+    loss = mx.logaddexp(mx.zeros_like(chosen), -beta * (chosen - rejected)).mean()
+    chosen_mask = mask[:n]
+    correct = ((mx.argmax(logits[:n], axis=-1) == targets[:n]) * chosen_mask).sum()
+    return loss, chosen, rejected, chosen_mask.sum(), correct
+
+
+def _f32(values: np.ndarray) -> mx.array:
+    return mx.array(np.asarray(values, dtype=np.float32))
+
+
+def _pair_output(out: Any) -> PairOutput:
+    loss, chosen, rejected, n_targets, correct = out
+    return PairOutput(
+        loss=float(loss.item()),
+        chosen=np.array(chosen, dtype=np.float64),
+        rejected=np.array(rejected, dtype=np.float64),
+        n_targets=int(n_targets.item()),
+        n_correct=int(correct.item()),
+    )

@@ -11,11 +11,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from finetune.adapters import PEFT_WEIGHTS
-from finetune.backend import StepOutput
+from finetune.backend import PairOutput, StepOutput
 from finetune.config import TrainConfig
 from finetune.data import Batch
 from finetune.devices import pick_device
@@ -144,6 +145,67 @@ class TorchLoRABackend:
             state = torch.load(directory / OPTIMIZER_FILE, weights_only=True)
             self.optimizer.load_state_dict(state)
 
+    def load_adapter_weights(self, directory: Path) -> None:
+        """Start from a parent fine-tune: its adapter's weights, strictly the same layers."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        weights = load_file(str(directory / PEFT_WEIGHTS))
+        result = set_peft_model_state_dict(self.model, weights)
+        if getattr(result, "unexpected_keys", []):
+            raise ValueError(f"{directory.name}: adapter weights do not match this run's layers")
+
+    # ----------------------------------------------------------------- DPO
+
+    def _pair_forward(
+        self, batch: Batch, reference: np.ndarray, beta: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DPO's sigmoid loss over rows ``[chosen..., rejected...]`` (see mlx_lora._dpo_loss)."""
+        logps, logits, targets, mask = self._sequence_logps(batch)
+        n = logps.shape[0] // 2
+        ratios = logps - torch.as_tensor(reference, dtype=torch.float32, device=self.device)
+        chosen, rejected = ratios[:n], ratios[n:]
+        loss = F.softplus(-beta * (chosen - rejected)).mean()
+        chosen_mask = mask[:n]
+        correct = ((logits[:n].argmax(dim=-1) == targets[:n]).float() * chosen_mask).sum()
+        return loss, chosen, rejected, chosen_mask.sum(), correct
+
+    def _sequence_logps(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids = torch.from_numpy(batch.ids).long().to(self.device)
+        mask = torch.from_numpy(batch.targets_mask).to(self.device)
+        targets = ids[:, 1:]
+        logits = self.model(input_ids=ids[:, :-1], use_cache=False).logits.float()
+        token_logps = -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        return (token_logps * mask).sum(dim=-1), logits, targets, mask
+
+    def sequence_logprobs(self, batch: Batch) -> np.ndarray:
+        """Summed log-probability of each row's trained tokens, dropout off."""
+        self.model.eval()
+        with torch.no_grad():
+            logps = self._sequence_logps(batch)[0]
+        self.model.train()
+        return logps.double().cpu().numpy()
+
+    def pair_step(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
+        """One Adam update on DPO's loss over a batch of pairs."""
+        self.model.train()
+        out = self._pair_forward(batch, reference, beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        out[0].backward()
+        self.optimizer.step()
+        return _pair_output(out)
+
+    def pair_eval(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
+        """DPO's loss and log-ratios with dropout off and no graph."""
+        self.model.eval()
+        with torch.no_grad():
+            out = self._pair_forward(batch, reference, beta)
+        self.model.train()
+        return _pair_output(out)
+
 
 def _check_targets(model: Any, targets: tuple[str, ...]) -> None:
     """Refuse a target that matched no layer (PEFT only complains when none matches)."""
@@ -151,3 +213,14 @@ def _check_targets(model: Any, targets: tuple[str, ...]) -> None:
     missing = [t for t in targets if not any(name.endswith(f".{t}") for name in names)]
     if missing:
         raise ValueError(f"target_modules not found in the model's blocks: {missing}")
+
+
+def _pair_output(out: tuple[torch.Tensor, ...]) -> PairOutput:
+    loss, chosen, rejected, n_targets, correct = out
+    return PairOutput(
+        loss=float(loss.item()),
+        chosen=chosen.detach().double().cpu().numpy(),
+        rejected=rejected.detach().double().cpu().numpy(),
+        n_targets=int(n_targets.item()),
+        n_correct=int(correct.item()),
+    )

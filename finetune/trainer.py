@@ -23,16 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from chatfmt.tokenizer import load_tokenizer
-from finetune.backend import LoRABackend, StepOutput, open_backend
+from finetune.backend import LoRABackend, open_backend
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from finetune.config import TrainConfig
-from finetune.data import (
-    Example,
-    batch_plan,
-    collate,
-    load_examples,
-    pad_token_id,
-)
+from finetune.data import batch_plan, load_examples, pad_token_id
+from finetune.objective import Objective, Supervised
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +95,16 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
 
     # Data first: a bad file fails in seconds, before any weights are loaded.
     tokenizer = load_tokenizer(config.model_path)
-    train_set = load_examples(config.train_file, tokenizer, config.lora.max_length)
-    valid_set = (
-        load_examples(config.valid_file, tokenizer, config.lora.max_length)
-        if config.valid_file
-        else []
+    load = _pair_loader if config.method == "dpo" else load_examples
+    train_set: list[Any] = load(config.train_file, tokenizer, config.lora.max_length)
+    valid_set: list[Any] = (
+        load(config.valid_file, tokenizer, config.lora.max_length) if config.valid_file else []
     )
     plan = batch_plan(len(train_set), config.n_epochs, config.batch_size, config.seed)
     logger.info(
-        "%s LoRA: %d examples (%d truncated to %d tokens), %d validation, %d steps",
+        "%s LoRA (%s): %d examples (%d truncated to %d tokens), %d validation, %d steps",
         config.backend,
+        config.method,
         len(train_set),
         sum(example.truncated for example in train_set),
         config.lora.max_length,
@@ -123,13 +118,17 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
 
     _remove_leftovers(Path(config.out_dir))
     backend = open_backend(config)
+    if config.init_adapter is not None:
+        backend.load_adapter_weights(config.init_adapter)
+    pad_id = pad_token_id(tokenizer)
+    objective = _objective(config, backend, train_set, valid_set, pad_id, fingerprint)
     if config.resume_from is not None:
         backend.load_checkpoint(config.resume_from)
         logger.info(
             "resuming at step %d of %d from %s", progress.step, len(plan), config.resume_from
         )
 
-    loop = _Loop(config, backend, callback, train_set, valid_set, pad_token_id(tokenizer))
+    loop = _Loop(config, backend, callback, objective)
     stopped = loop.run(plan, progress, fingerprint)
 
     if stopped:
@@ -159,16 +158,12 @@ class _Loop:
         config: TrainConfig,
         backend: LoRABackend,
         callback: TrainingCallback,
-        train_set: list[Example],
-        valid_set: list[Example],
-        pad_id: int,
+        objective: Objective,
     ) -> None:
         self.config = config
         self.backend = backend
         self.callback = callback
-        self.train_set = train_set
-        self.valid_set = valid_set
-        self.pad_id = pad_id
+        self.objective = objective
 
     def run(self, plan: list[list[int]], progress: _Progress, fingerprint: dict[str, Any]) -> bool:
         """Train from ``progress.step`` to the end of ``plan``; True if stopped early."""
@@ -177,22 +172,22 @@ class _Loop:
         for step in range(progress.step + 1, total + 1):
             if self.callback.should_stop():
                 return True
-            batch = collate([self.train_set[i] for i in plan[step - 1]], self.pad_id)
             tic = time.perf_counter()
-            out = self.backend.train_step(batch)
+            out = self.objective.step(plan[step - 1])
             seconds = max(time.perf_counter() - tic, 1e-9)
             progress.step = step
-            progress.trained_tokens += batch.n_tokens
+            progress.trained_tokens += out.n_tokens
             progress.elapsed_s = elapsed_before + time.perf_counter() - started
             metrics = StepMetrics(
                 step=step,
                 total_steps=total,
                 train_loss=out.loss,
-                train_mean_token_accuracy=_accuracy(out),
+                train_mean_token_accuracy=out.accuracy,
                 learning_rate=config.learning_rate,
-                tokens_per_second=batch.n_tokens / seconds,
+                tokens_per_second=out.n_tokens / seconds,
                 trained_tokens=progress.trained_tokens,
                 elapsed_s=progress.elapsed_s,
+                extras={f"train_{k}": v for k, v in out.extras.items()},
             )
             row: dict[str, Any] = {
                 **metrics.as_dict(),
@@ -201,11 +196,12 @@ class _Loop:
             }
             progress.history.append(row)
             self.callback.on_step(metrics)
-            if self.valid_set and (step % config.steps_per_eval == 0 or step == total):
+            if self.objective.has_validation and (
+                step % config.steps_per_eval == 0 or step == total
+            ):
                 evaluated = self.evaluate(step)
                 if evaluated is not None:
-                    row["valid_loss"] = evaluated.valid_loss
-                    row["valid_mean_token_accuracy"] = evaluated.valid_mean_token_accuracy
+                    row.update(evaluated.as_dict())
                     self.callback.on_eval(evaluated)
             if step % config.steps_per_checkpoint == 0:
                 self.checkpoint(progress, fingerprint)
@@ -213,22 +209,16 @@ class _Loop:
 
     def evaluate(self, step: int) -> EvalMetrics | None:
         """Validation loss and accuracy; None when a stop request interrupts it."""
-        size, cap = self.config.batch_size, self.config.eval_batches
-        starts = range(0, len(self.valid_set), size)
-        loss_sum, targets, correct = 0.0, 0, 0
-        for number, start in enumerate(starts):
-            if cap is not None and number >= cap:
-                break
-            if self.callback.should_stop():
-                return None
-            out = self.backend.eval_step(collate(self.valid_set[start : start + size], self.pad_id))
-            loss_sum += out.loss * out.n_targets
-            targets += out.n_targets
-            correct += out.n_correct
+        out = self.objective.evaluate(
+            self.config.batch_size, self.config.eval_batches, self.callback.should_stop
+        )
+        if out is None:
+            return None
         return EvalMetrics(
             step=step,
-            valid_loss=loss_sum / max(targets, 1),
-            valid_mean_token_accuracy=correct / max(targets, 1),
+            valid_loss=out.loss,
+            valid_mean_token_accuracy=out.accuracy,
+            extras={f"valid_{k}": v for k, v in out.extras.items()},
         )
 
     def checkpoint(self, progress: _Progress, fingerprint: dict[str, Any]) -> Path:
@@ -264,13 +254,40 @@ class _Loop:
         return target
 
 
-def _accuracy(out: StepOutput) -> float:
-    return out.n_correct / out.n_targets if out.n_targets else 0.0
+def _pair_loader(path: Path, tokenizer: Any, max_length: int) -> list[Any]:
+    from finetune.dpo import load_pairs
+
+    return list(load_pairs(path, tokenizer, max_length))
+
+
+def _objective(
+    config: TrainConfig,
+    backend: LoRABackend,
+    train_set: list[Any],
+    valid_set: list[Any],
+    pad_id: int,
+    fingerprint: dict[str, Any],
+) -> Objective:
+    """The run's objective; DPO's reference log-probs come from the model as it starts."""
+    if config.method == "supervised":
+        return Supervised(backend, train_set, valid_set, pad_id)
+    from finetune.dpo import DPO, cached_reference, reference_logps
+
+    def compute() -> tuple[Any, Any]:
+        logger.info("DPO: reference log-probabilities of %d pairs", len(train_set) + len(valid_set))
+        size = config.batch_size
+        return (
+            reference_logps(backend, train_set, size, pad_id),
+            reference_logps(backend, valid_set, size, pad_id),
+        )
+
+    reference = cached_reference(Path(config.out_dir), fingerprint, compute)
+    return DPO(backend, train_set, valid_set, pad_id, config.beta, reference)
 
 
 def _fingerprint(config: TrainConfig, n_examples: int) -> dict[str, Any]:
     """What must match for a checkpoint's step to mean the same point of the same run."""
-    return {
+    fingerprint: dict[str, Any] = {
         "backend": config.backend,
         "n_examples": n_examples,
         "n_epochs": config.n_epochs,
@@ -278,6 +295,14 @@ def _fingerprint(config: TrainConfig, n_examples: int) -> dict[str, Any]:
         "seed": config.seed,
         "lora": config.lora.model_dump(mode="json", exclude={"max_length"}),
     }
+    # only when set, so checkpoints of supervised runs made before these existed still match
+    if config.method != "supervised":
+        fingerprint.update(method=config.method, beta=config.beta)
+    if config.init_adapter is not None:
+        fingerprint["init_adapter"] = str(config.init_adapter)
+    if config.quantize is not None:
+        fingerprint["quantize"] = config.quantize
+    return fingerprint
 
 
 def _read_state(checkpoint: Path, fingerprint: dict[str, Any], total: int) -> _Progress:

@@ -32,6 +32,12 @@ class Hyperparameters(BaseModel):
         None, ge=-1, description="layers adapted from the top; -1 = all (pomar)"
     )
     max_length: int | None = Field(None, ge=16, le=32768, description="tokens per example (pomar)")
+    beta: Auto | float | None = Field(
+        None, description="DPO only: weight of the KL penalty; auto = 0.1 as OpenAI"
+    )
+    quantize: Literal[4, 8] | None = Field(
+        None, description="train QLoRA on the base quantized to 4 or 8 bits (pomar, MLX)"
+    )
 
     @field_validator("n_epochs")
     @classmethod
@@ -54,8 +60,17 @@ class Hyperparameters(BaseModel):
             raise ValueError("learning_rate_multiplier must be 'auto' or in (0, 1000]")
         return v
 
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: Auto | float | None) -> Auto | float | None:
+        if v is not None and v != "auto" and not 0 < float(v) <= 10:
+            raise ValueError("beta must be 'auto' or in (0, 10]")
+        return v
 
-class SupervisedMethod(BaseModel):
+
+class MethodHyperparameters(BaseModel):
+    """`method.supervised` or `method.dpo`: the method's hyperparameters."""
+
     model_config = ConfigDict(extra="allow")
 
     hyperparameters: Hyperparameters | None = None
@@ -65,13 +80,27 @@ class Method(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["supervised", "dpo", "reinforcement"]
-    supervised: SupervisedMethod | None = None
+    supervised: MethodHyperparameters | None = None
+    dpo: MethodHyperparameters | None = None
 
     @model_validator(mode="after")
-    def _supervised_only(self) -> Method:
-        if self.type != "supervised":
-            raise UnsupportedParameter("method.type", "Only 'supervised' fine-tuning is available.")
+    def _trainable(self) -> Method:
+        if self.type == "reinforcement":
+            raise UnsupportedParameter(
+                "method.type", "Only 'supervised' and 'dpo' fine-tuning are available."
+            )
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            raise InvalidRequest(
+                f"method.{other} is given but method.type is '{self.type}'.",
+                param=f"method.{other}",
+            )
         return self
+
+    def hyperparameters(self) -> Hyperparameters | None:
+        """The hyperparameters under `method.<type>`, if given."""
+        body = self.supervised if self.type == "supervised" else self.dpo
+        return body.hyperparameters if body else None
 
 
 class JobCreateRequest(BaseModel):
@@ -109,25 +138,31 @@ class JobCreateRequest(BaseModel):
     def _checks(self) -> JobCreateRequest:
         if self.integrations:
             raise UnsupportedParameter("integrations", "pomar runs offline: no integrations.")
-        method_hp = (
-            self.method.supervised.hyperparameters
-            if self.method and self.method.supervised
-            else None
-        )
+        method_hp = self.method.hyperparameters() if self.method else None
         both = method_hp is not None and self.hyperparameters is not None
         if both and method_hp != self.hyperparameters:
             raise InvalidRequest(
                 "Give hyperparameters either at the top level or in "
-                "method.supervised.hyperparameters, not both.",
+                f"method.{self.method_type}.hyperparameters, not both.",
                 param="hyperparameters",
+            )
+        beta = self.resolved_hyperparameters().beta
+        if beta is not None and self.method_type != "dpo":
+            raise InvalidRequest(
+                "beta is a DPO hyperparameter: give it with method.type 'dpo'.",
+                param=f"method.{self.method_type}.hyperparameters.beta",
             )
         return self
 
+    @property
+    def method_type(self) -> Literal["supervised", "dpo"]:
+        """The training method: `method.type`, supervised when no method is given."""
+        return "dpo" if self.method is not None and self.method.type == "dpo" else "supervised"
+
     def resolved_hyperparameters(self) -> Hyperparameters:
-        """method.supervised.hyperparameters, else the (deprecated) top-level ones, else auto."""
-        if self.method and self.method.supervised and self.method.supervised.hyperparameters:
-            return self.method.supervised.hyperparameters
-        return self.hyperparameters or Hyperparameters()
+        """method.<type>.hyperparameters, else the (deprecated) top-level ones, else auto."""
+        method_hp = self.method.hyperparameters() if self.method else None
+        return method_hp or self.hyperparameters or Hyperparameters()
 
 
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
@@ -149,15 +184,20 @@ class JobHyperparameters(OpenAIModel):
     lora_alpha: float | None = None
     lora_layers: int | None = None
     max_length: int | None = None
+    beta: Auto | float | None = None
+    quantize: int | None = None
 
 
-class JobSupervised(OpenAIModel):
+class JobMethodBody(OpenAIModel):
     hyperparameters: JobHyperparameters
 
 
 class JobMethod(OpenAIModel):
-    type: Literal["supervised"] = "supervised"
-    supervised: JobSupervised
+    """The job's `method`: its type and, under the type's name, its hyperparameters."""
+
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: JobMethodBody | None = None
+    dpo: JobMethodBody | None = None
 
 
 class FineTuningJob(OpenAIModel):

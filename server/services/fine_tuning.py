@@ -23,7 +23,7 @@ from server.protocol.fine_tuning import (
     JobHyperparameters,
     JobList,
     JobMethod,
-    JobSupervised,
+    JobMethodBody,
 )
 from server.store import Store, UnknownCursor
 from server.store.history import CheckpointRecord, EventRecord
@@ -66,6 +66,7 @@ class FineTuningService:
         from server.models.quantized_base import check_quantize  # QLoRA (issue 21, part 3)
 
         check_quantize(hp.get("quantize"), training_backend(base.backend))
+        method = request.method_type
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         job = self._store.jobs.create(
             model=request.model,
@@ -73,7 +74,7 @@ class FineTuningService:
             validation_file=request.validation_file,
             seed=seed,
             hyperparameters=hp,
-            method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+            method={"type": method, method: {"hyperparameters": hp}},
             suffix=request.suffix,
             metadata=request.metadata,
             backend=training_backend(base.backend),
@@ -166,6 +167,7 @@ def _cursor(after: str | None) -> Iterator[None]:
 def to_job(job: JobRecord) -> FineTuningJob:
     """The `fine_tuning.job` object of a stored job."""
     hp = JobHyperparameters(**job.hyperparameters)
+    kind = (job.method or {}).get("type", "supervised")
     return FineTuningJob(
         id=job.id,
         created_at=job.created_at,
@@ -173,7 +175,7 @@ def to_job(job: JobRecord) -> FineTuningJob:
         fine_tuned_model=job.fine_tuned_model,
         finished_at=job.finished_at,
         hyperparameters=hp,
-        method=JobMethod(supervised=JobSupervised(hyperparameters=hp)),
+        method=JobMethod(type=kind, **{kind: JobMethodBody(hyperparameters=hp)}),
         model=job.model,
         organization_id=job.organization_id,
         result_files=job.result_files,

@@ -139,6 +139,13 @@ MIGRATIONS: tuple[str, ...] = (
         input_items TEXT NOT NULL
     );
     """,
+    # a job started from a fine-tuned model (its id and adapter folder), and the job's
+    # before/after evaluation (JSON)
+    """
+    ALTER TABLE jobs ADD COLUMN parent_model TEXT;
+    ALTER TABLE jobs ADD COLUMN parent_adapter TEXT;
+    ALTER TABLE jobs ADD COLUMN evaluation TEXT;
+    """,
 )
 
 

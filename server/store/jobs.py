@@ -28,7 +28,7 @@ ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({"validating_files", "queued",
 ORGANIZATION_ID = "org-pomar"
 
 _JOB_JSON_COLUMNS = frozenset(
-    {"result_files", "hyperparameters", "method", "error", "integrations", "metadata"}
+    {"result_files", "hyperparameters", "method", "error", "integrations", "metadata", "evaluation"}
 )
 
 
@@ -65,6 +65,9 @@ class JobRecord:
     step: int
     total_steps: int | None
     last_checkpoint_step: int | None
+    parent_model: str | None = None  # the `ft:` model the job started from
+    parent_adapter: str | None = None  # that model's adapter folder
+    evaluation: dict[str, Any] | None = None  # before/after, see server.jobs.evaluation
 
     @property
     def is_terminal(self) -> bool:
@@ -102,6 +105,7 @@ class JobChanges(TypedDict, total=False):
     step: int
     total_steps: int | None
     last_checkpoint_step: int | None
+    evaluation: dict[str, Any] | None
 
 
 class JobRepository:
@@ -128,6 +132,8 @@ class JobRepository:
         base_model_path: str | None = None,
         work_dir: str | None = None,
         created_at: int | None = None,
+        parent_model: str | None = None,
+        parent_adapter: str | None = None,
     ) -> JobRecord:
         """Insert a new job (`ftjob-...`) and return it."""
         job_id = new_id("ftjob")
@@ -136,8 +142,9 @@ class JobRepository:
             conn.execute(
                 "INSERT INTO jobs (id, created_at, updated_at, model, status, training_file,"
                 " validation_file, organization_id, hyperparameters, method, seed, suffix,"
-                " integrations, metadata, backend, base_model_path, work_dir)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " integrations, metadata, backend, base_model_path, work_dir, parent_model,"
+                " parent_adapter)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     created,
@@ -156,6 +163,8 @@ class JobRepository:
                     backend,
                     base_model_path,
                     work_dir,
+                    parent_model,
+                    parent_adapter,
                 ),
             )
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
