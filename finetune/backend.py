@@ -82,6 +82,12 @@ class LoRABackend(Protocol):
         """Restore adapter weights and optimizer state written by this backend."""
         ...
 
+    def greedy(self, prompt_ids: list[int], max_tokens: int, stop_ids: set[int]) -> list[int]:
+        """The model's greedy (argmax) continuation of ``prompt_ids``, dropout off: at most
+        ``max_tokens`` new token ids, ending before the first of ``stop_ids`` (which is not
+        returned). Updates nothing; the model is back in training mode after."""
+        ...
+
 
 def open_backend(config: TrainConfig) -> LoRABackend:
     """Load the base model for ``config.backend`` and add LoRA layers to it."""

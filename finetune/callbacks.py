@@ -84,6 +84,14 @@ class TrainingCallback:
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         """After a checkpoint folder is complete on disk (renamed into place)."""
 
+    def on_evaluation(self, phase: str, metrics: dict[str, Any]) -> None:
+        """After the before/after evaluation of a run with a validation set: ``phase`` is
+        ``"before"`` (the model as the run starts, before its first step; not repeated when
+        a run resumes) or ``"after"`` (after its last step; not when it stopped early).
+        ``metrics`` is :mod:`finetune.evaluation`'s dict (``step``, ``valid_loss``,
+        ``valid_mean_token_accuracy``, ``n_examples``, ``exact_match``, ``normalized_match``,
+        ``n_generated``, ``preference_accuracy`` for DPO, ``elapsed_s``)."""
+
     def should_stop(self) -> bool:
         """Checked before every step; True stops training after a final checkpoint."""
         return False
@@ -106,6 +114,10 @@ class CallbackList(TrainingCallback):
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         for callback in self.callbacks:
             callback.on_checkpoint(info)
+
+    def on_evaluation(self, phase: str, metrics: dict[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback.on_evaluation(phase, metrics)
 
     def should_stop(self) -> bool:
         return any(callback.should_stop() for callback in self.callbacks)

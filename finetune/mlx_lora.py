@@ -209,6 +209,28 @@ class MLXLoRABackend:
         self.model.train()
         return _pair_output(out)
 
+    # ----------------------------------------------------------------- evaluation
+
+    def greedy(self, prompt_ids: list[int], max_tokens: int, stop_ids: set[int]) -> list[int]:
+        """The argmax continuation of ``prompt_ids`` (dropout off, a KV cache), without the
+        stop token that ended it; at most ``max_tokens`` tokens."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        self.model.eval()
+        try:
+            cache = make_prompt_cache(self.model)
+            logits = self.model(mx.array([prompt_ids]), cache=cache)
+            out: list[int] = []
+            while len(out) < max_tokens:
+                token = cast(int, mx.argmax(logits[0, -1]).item())
+                if token in stop_ids:
+                    break
+                out.append(token)
+                logits = self.model(mx.array([[token]]), cache=cache)
+            return out
+        finally:
+            self.model.train()
+
 
 def _load_arrays(path: Path) -> dict[str, mx.array]:
     # mx.load's return type covers every format; a .safetensors file is a flat dict

@@ -206,6 +206,35 @@ class TorchLoRABackend:
         self.model.train()
         return _pair_output(out)
 
+    # ----------------------------------------------------------------- evaluation
+
+    def greedy(self, prompt_ids: list[int], max_tokens: int, stop_ids: set[int]) -> list[int]:
+        """The greedy continuation of ``prompt_ids`` (``generate(do_sample=False)``, dropout
+        off), without the stop token that ended it; at most ``max_tokens`` tokens."""
+        from transformers import GenerationConfig
+
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        stops = sorted(stop_ids)
+        config = GenerationConfig(
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=stops or None,
+            pad_token_id=stops[0] if stops else 0,
+        )
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                generated = self.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
+                )
+        finally:
+            self.model.train()
+        out = [int(t) for t in generated[0, len(prompt_ids) :].tolist()]
+        for index, token in enumerate(out):
+            if token in stop_ids:
+                return out[:index]
+        return out
+
 
 def _check_targets(model: Any, targets: tuple[str, ...]) -> None:
     """Refuse a target that matched no layer (PEFT only complains when none matches)."""

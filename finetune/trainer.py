@@ -27,6 +27,7 @@ from finetune.backend import LoRABackend, open_backend
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from finetune.config import TrainConfig
 from finetune.data import batch_plan, load_examples, pad_token_id
+from finetune.evaluation import Evaluator, describe, greedy_cases, stop_token_ids
 from finetune.objective import Objective, Supervised
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ class TrainResult:
     last_train_loss: float | None
     last_valid_loss: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: with a validation set, ``{"before": {...} | None, "after": {...} | None}`` — the
+    #: model measured as the run started and as it ended (:mod:`finetune.evaluation`);
+    #: "before" comes from the checkpoint on a resume, "after" is None when stopped early.
+    #: None without a validation set.
+    evaluation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -58,6 +64,7 @@ class _Progress:
     trained_tokens: int = 0
     elapsed_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    evaluation_before: dict[str, Any] | None = None  # the run's "before" evaluation
 
     def latest(self, key: str) -> float | None:
         return next((row[key] for row in reversed(self.history) if row.get(key) is not None), None)
@@ -122,6 +129,11 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
         backend.load_adapter_weights(config.init_adapter)
     pad_id = pad_token_id(tokenizer)
     objective = _objective(config, backend, train_set, valid_set, pad_id, fingerprint)
+    evaluator = _evaluator(config, backend, tokenizer, objective, valid_set, pad_id)
+    if evaluator is not None and config.resume_from is None:
+        # the model as the job starts: the parent fine-tune's adapter is loaded already, and
+        # DPO's reference log-probs were taken before (they do not depend on this)
+        progress.evaluation_before = _evaluate(evaluator, "before", 0, callback)
     if config.resume_from is not None:
         backend.load_checkpoint(config.resume_from)
         logger.info(
@@ -131,6 +143,7 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
     loop = _Loop(config, backend, callback, objective)
     stopped = loop.run(plan, progress, fingerprint)
 
+    after: dict[str, Any] | None = None
     if stopped:
         adapter = checkpoint_dir(config.out_dir, progress.step)
         if not (adapter / STATE_FILE).is_file():
@@ -138,6 +151,8 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
     else:
         adapter = Path(config.out_dir) / "adapter"
         _write_dir_atomically(adapter, backend.save_adapter)
+        if evaluator is not None:
+            after = _evaluate(evaluator, "after", progress.step, callback)
     return TrainResult(
         adapter_path=adapter,
         steps=progress.step,
@@ -147,7 +162,53 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
         last_train_loss=progress.latest("train_loss"),
         last_valid_loss=progress.latest("valid_loss"),
         history=progress.history,
+        evaluation=(
+            {"before": progress.evaluation_before, "after": after}
+            if evaluator is not None
+            else None
+        ),
     )
+
+
+def _evaluator(
+    config: TrainConfig,
+    backend: LoRABackend,
+    tokenizer: Any,
+    objective: Objective,
+    valid_set: list[Any],
+    pad_id: int,
+) -> Evaluator | None:
+    """The run's before/after :class:`finetune.evaluation.Evaluator`; None without a
+    validation set."""
+    if not objective.has_validation or config.valid_file is None:
+        return None
+    return Evaluator(
+        backend,
+        tokenizer,
+        objective,
+        greedy_cases(config.valid_file, tokenizer, config.method, config.lora.max_length),
+        stop_token_ids(tokenizer, config.model_path),
+        n_valid=len(valid_set),
+        batch_size=config.batch_size,
+        cap=config.eval_batches,
+        pairs=valid_set if config.method == "dpo" else None,
+        pad_id=pad_id,
+    )
+
+
+def _evaluate(
+    evaluator: Evaluator, phase: str, step: int, callback: TrainingCallback
+) -> dict[str, Any] | None:
+    """Run one evaluation after ``step`` steps and report it; None when a stop request cut
+    it short."""
+    metrics = evaluator.run(callback.should_stop)
+    if metrics is None:
+        logger.info("evaluation %s training: stopped", phase)
+        return None
+    metrics = {"step": step, **metrics}
+    logger.info("%s", describe(phase, metrics))
+    callback.on_evaluation(phase, metrics)
+    return metrics
 
 
 class _Loop:
@@ -237,6 +298,8 @@ class _Loop:
                 "elapsed_s": progress.elapsed_s,
                 "history": progress.history,
             }
+            if progress.evaluation_before is not None:
+                state["evaluation_before"] = progress.evaluation_before
             (directory / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
         _write_dir_atomically(target, write)
@@ -324,6 +387,7 @@ def _read_state(checkpoint: Path, fingerprint: dict[str, Any], total: int) -> _P
         trained_tokens=int(state["trained_tokens"]),
         elapsed_s=float(state["elapsed_s"]),
         history=list(state["history"]),
+        evaluation_before=state.get("evaluation_before"),
     )
 
 

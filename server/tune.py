@@ -119,4 +119,38 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"adapter:    {result.adapter_path}")
     console.print(f"metrics:    {csv}")
     console.print(f"loss curve: {png}")
+    if result.evaluation:
+        console.print(evaluation_table(result.evaluation))
     return 0
+
+
+#: the rows of `pomar tune`'s before/after table: (metric key, label, as a percentage)
+_EVALUATION_ROWS = (
+    ("valid_loss", "validation loss", False),
+    ("valid_mean_token_accuracy", "token accuracy", True),
+    ("preference_accuracy", "preference accuracy", True),
+    ("exact_match", "exact match", True),
+    ("normalized_match", "normalized match", True),
+)
+
+
+def evaluation_table(evaluation: dict[str, Any]) -> Any:
+    """The run's before/after evaluation (`finetune.evaluation`) as a rich table."""
+    from rich.table import Table
+
+    before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+    table = Table(title="evaluation on the validation set", title_justify="left")
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="left" if not column else "right")
+    for key, label, percent in _EVALUATION_ROWS:
+        if before.get(key) is None and after.get(key) is None:
+            continue
+        cells = [
+            "—" if value is None else f"{value:.0%}" if percent else f"{value:.4f}"
+            for value in (before.get(key), after.get(key))
+        ]
+        table.add_row(label, *cells)
+    n = after.get("n_generated") or before.get("n_generated")
+    if n:
+        table.caption = f"matches over {n} greedy answers"
+    return table

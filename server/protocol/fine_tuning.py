@@ -200,6 +200,48 @@ class JobMethod(OpenAIModel):
     dpo: JobMethodBody | None = None
 
 
+class EvaluationMetrics(OpenAIModel):
+    """The model measured on the job's validation set (pomar; see `finetune.evaluation`).
+
+    Every field is optional: a figure that could not be measured is null.
+    """
+
+    step: int | None = Field(None, description="steps trained when measured (0 before)")
+    valid_loss: float | None = Field(
+        None, description="validation loss (supervised: per trained token; DPO: DPO's loss)"
+    )
+    valid_mean_token_accuracy: float | None = Field(
+        None, description="share of trained validation tokens predicted exactly (greedy)"
+    )
+    n_examples: int | None = Field(None, description="validation examples (DPO: pairs) scored")
+    exact_match: float | None = Field(
+        None, description="share of greedy answers equal to the reference (whitespace-trimmed)"
+    )
+    normalized_match: float | None = Field(
+        None,
+        description="share equal after casefolding, collapsing whitespace and stripping "
+        "surrounding punctuation and quotes",
+    )
+    n_generated: int | None = Field(None, description="greedy answers compared (at most 32)")
+    preference_accuracy: float | None = Field(
+        None,
+        description="DPO: share of pairs whose preferred output is more likely than the "
+        "non-preferred one",
+    )
+    elapsed_s: float | None = Field(None, description="seconds the evaluation took")
+
+
+class JobEvaluation(OpenAIModel):
+    """pomar's before/after evaluation of a job with a validation set."""
+
+    before: EvaluationMetrics | None = Field(
+        None, description="the model as the job started, before its first step"
+    )
+    after: EvaluationMetrics | None = Field(
+        None, description="the fine-tuned model, after the last step (null until then)"
+    )
+
+
 class FineTuningJob(OpenAIModel):
     """The `fine_tuning.job` object."""
 
@@ -223,6 +265,12 @@ class FineTuningJob(OpenAIModel):
     integrations: list[Any] | None = None
     metadata: dict[str, str] | None = None
     suffix: str | None = None
+    # pomar extension
+    evaluation: JobEvaluation | None = Field(
+        None,
+        description="pomar: the validation set measured before and after training (null "
+        "without a validation set)",
+    )
 
 
 class JobList(OpenAIModel):

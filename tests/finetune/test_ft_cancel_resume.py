@@ -34,7 +34,9 @@ def test_cancel_then_resume_matches_an_unbroken_run(
     recorder = Recorder(stop_after=3)
     stopped = train(secret_config(tiny_model_path, secret_data, out, backend, **settings), recorder)
     assert stopped.stopped_early and stopped.steps == 3 and stopped.total_steps == 8
-    assert recorder.stop_polls == 4  # polled before each step: the 4th never started
+    # polled before each step (the 4th never started), and by the "before" evaluation: once
+    # per validation batch (1) and before each greedy answer (3)
+    assert recorder.stop_polls == 4 + 4
     checkpoint = out / "checkpoints" / "step-3"
     assert stopped.adapter_path == checkpoint
     assert (checkpoint / STATE_FILE).is_file() and (checkpoint / WEIGHTS[backend]).is_file()

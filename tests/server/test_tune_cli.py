@@ -42,6 +42,9 @@ def test_tune_trains_an_adapter(tiny_model_path: Path, tmp_path: Path) -> None:
         " ", ""
     )
     assert f"adapter:    {out / 'train' / 'adapter'}" in done.stderr
+    # the before/after evaluation on the split-off validation set
+    assert "evaluation on the validation set" in done.stderr
+    assert "validation loss" in done.stderr and "exact match" in done.stderr
 
 
 def test_tune_refuses_a_file_that_cannot_train(tiny_model_path: Path, tmp_path: Path) -> None:
