@@ -202,3 +202,40 @@ def convert_peft_to_mlx(src: Path, dst: Path, base_model_path: Path | None = Non
     _save_tensors(weights, dst / MLX_WEIGHTS)
     write_json(dst / CONFIG_FILE, mlx_config)
     return dst
+
+
+def adapter_lora(path: Path, base_model: Path | None = None) -> LoRAConfig:
+    """The LoRA shape of an adapter folder (either format), as a :class:`LoRAConfig`.
+
+    A run that starts from this adapter's weights must have exactly this shape; the
+    ``max_length`` is the default (it is the run's, not the adapter's).
+    """
+    path = Path(path)
+    config = _read_json(path / CONFIG_FILE)
+    if detect_adapter_format(path) == "mlx":
+        params = config["lora_parameters"]
+        rank = int(params["rank"])
+        alpha = float(config.get("lora_alpha") or float(params["scale"]) * rank)
+        layers = int(config.get("num_layers", -1))
+        n_layers = _num_hidden_layers(base_model)
+        num_layers = None if layers < 0 or (n_layers is not None and layers >= n_layers) else layers
+        return LoRAConfig(
+            rank=rank,
+            alpha=alpha,
+            dropout=float(params.get("dropout", 0.0)),
+            num_layers=num_layers,
+            target_modules=tuple(params["keys"]),
+        )
+    transform = config.get("layers_to_transform")
+    n_layers = _num_hidden_layers(base_model or Path(str(config.get("base_model_name_or_path"))))
+    num_layers = None
+    if transform and n_layers is not None:
+        num_layers = n_layers - min(int(i) for i in transform)
+    targets = config.get("target_modules") or []
+    return LoRAConfig(
+        rank=int(config["r"]),
+        alpha=float(config["lora_alpha"]),
+        dropout=float(config.get("lora_dropout", 0.0)),
+        num_layers=num_layers,
+        target_modules=tuple(sorted(targets) if isinstance(targets, list) else [targets]),
+    )

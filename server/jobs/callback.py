@@ -7,8 +7,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
+from finetune.evaluation import describe
 from server.jobs.naming import checkpoint_model_id
 from server.store import Store
 
@@ -51,7 +53,12 @@ class JobCallback(TrainingCallback):
             self._store.events.add(
                 self._job,
                 f"Step {metrics.step}/{metrics.total_steps}: "
-                f"training loss={metrics.train_loss:.4f}",
+                f"training loss={metrics.train_loss:.4f}"
+                + (
+                    f", reward margin={metrics.extras['train_reward_margin']:.4f}"
+                    if "train_reward_margin" in metrics.extras
+                    else ""
+                ),
                 type="metrics",
                 data={
                     "step": metrics.step,
@@ -62,6 +69,7 @@ class JobCallback(TrainingCallback):
                     "tokens_per_second": metrics.tokens_per_second,
                     "trained_tokens": metrics.trained_tokens,
                     "elapsed_s": round(metrics.elapsed_s, 3),
+                    **metrics.extras,  # DPO: reward margin, log-ratios, preference accuracy
                 },
             )
 
@@ -74,6 +82,7 @@ class JobCallback(TrainingCallback):
                 "step": metrics.step,
                 "valid_loss": metrics.valid_loss,
                 "valid_mean_token_accuracy": metrics.valid_mean_token_accuracy,
+                **metrics.extras,
             },
         )
 
@@ -90,6 +99,16 @@ class JobCallback(TrainingCallback):
         self._store.jobs.update(self._job, last_checkpoint_step=info.step)
         self._register(model_id, info.path)
         self._store.events.add(self._job, f"Checkpoint created at step {info.step}: {model_id}")
+
+    def on_evaluation(self, phase: str, metrics: dict[str, Any]) -> None:
+        """The before/after evaluation: a metrics event, and the job's `evaluation` field
+        (`{"before": {...}, "after": {...}}`, each phase written as it is measured)."""
+        job = self._store.jobs.get(self._job)
+        merged = {**((job.evaluation if job else None) or {}), phase: metrics}
+        self._store.jobs.update(self._job, evaluation=merged)
+        self._store.events.add(
+            self._job, describe(phase, metrics), type="metrics", data={"phase": phase, **metrics}
+        )
 
     def should_stop(self) -> bool:
         return self._stop.is_set()

@@ -6,14 +6,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from finetune.results import plot_loss_curve, results_csv
+from finetune.results import plot_loss_curve, results_csv, with_evaluation
 from server.store import Store
 
 RESULTS_PURPOSE = "fine-tune-results"
 
 
-def store_results(store: Store, job_id: str, history: list[dict[str, Any]]) -> list[str]:
-    """Store `step_metrics.csv` and `loss_curve.png`; return their file ids."""
+def store_results(
+    store: Store,
+    job_id: str,
+    history: list[dict[str, Any]],
+    evaluation: dict[str, Any] | None = None,
+) -> list[str]:
+    """Store `step_metrics.csv` (with the before/after evaluation: a step-0 row and the
+    last row) and `loss_curve.png`; return their file ids."""
+    history = with_evaluation(history, evaluation)
     csv = store.files.put_bytes(
         results_csv(history).encode(),
         filename=f"{job_id}-step_metrics.csv",

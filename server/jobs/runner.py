@@ -119,7 +119,7 @@ class JobRunner:
             return
         stop = self._stops.setdefault(job_id, threading.Event())
         # the job records the folder it trains on when it is created
-        served = self._base_path(job.model)
+        served = self._base_path(job.base_id)
         base_path = Path(job.base_model_path) if job.base_model_path else served
         if served is not None and base_path is not None and not base_path.is_dir():
             base_path = self._training_copy(job, served)
@@ -128,7 +128,7 @@ class JobRunner:
         if served is None or base_path is None or not base_path.is_dir():
             raise JobFailed(
                 "server_restarted",
-                f"The base model '{job.model}' is not served by this server any more.",
+                f"The base model '{job.base_id}' is not served by this server any more.",
                 "model",
             )
         if job.hyperparameters.get("quantize") and job.backend == "mlx":  # QLoRA
@@ -157,7 +157,7 @@ class JobRunner:
             self._store.events.add(job.id, message)
 
         try:
-            return ensure_training_copy(job.model, served, event)
+            return ensure_training_copy(job.base_id, served, event)
         except ModelNotTrainable as exc:
             raise JobFailed("model_not_trainable", exc.message, "model") from exc
 
@@ -172,7 +172,7 @@ class JobRunner:
 
         bits = int(job.hyperparameters["quantize"])
         try:
-            made = ensure_quantized_base(self._models_dir, job.model, base_path, bits, event)
+            made = ensure_quantized_base(self._models_dir, job.base_id, base_path, bits, event)
         except CatalogError as exc:
             raise JobFailed("model_not_trainable", str(exc), "hyperparameters.quantize") from exc
         return made.path
@@ -181,7 +181,7 @@ class JobRunner:
         """The base id the job's ft: model and checkpoints are served on."""
         from server.models.quantized_base import served_base_id
 
-        return served_base_id(self._models_dir, job.model, job.hyperparameters, job.backend)
+        return served_base_id(self._models_dir, job.base_id, job.hyperparameters, job.backend)
 
     @property
     def _models_dir(self) -> Path:
@@ -192,6 +192,7 @@ class JobRunner:
     ) -> None:
         from finetune.trainer import clean_partial_writes, latest_checkpoint, train
         from server.jobs.hyper import train_config
+        from server.jobs.parent import parent_adapter
 
         job = self._store.jobs.get(job_id)
         assert job is not None
@@ -200,16 +201,26 @@ class JobRunner:
         resume = latest_checkpoint(out_dir)
         # the job records the trainer chosen for its base when it is created
         backend = job.backend or training_backend(backend_for("auto", base_path))
+        method = job.method_type
+        parent = parent_adapter(job, backend, base_path, out_dir.parent)
         config, resolved = train_config(
-            job.hyperparameters, job.seed, base_path, data_dir, out_dir, backend, resume
+            job.hyperparameters,
+            job.seed,
+            base_path,
+            data_dir,
+            out_dir,
+            backend,
+            resume,
+            method=method,
+            parent=parent,
         )
-        ft_id = fine_tuned_model_id(job.model, job.suffix, job.id)
+        ft_id = fine_tuned_model_id(job.base_id, job.suffix, job.id)
         started = self._store.jobs.update(
             job_id,
             status="running",
             started_at=job.started_at or int(time.time()),
             hyperparameters=resolved,
-            method={"type": "supervised", "supervised": {"hyperparameters": resolved}},
+            method={"type": method, method: {"hyperparameters": resolved}},
             expect_status=WAITING,
         )
         if started is None:
@@ -217,6 +228,8 @@ class JobRunner:
         self._store.events.add(
             job_id,
             f"Fine-tuning job started on {backend}"
+            + (" (DPO)" if method == "dpo" else "")
+            + (f", from {job.parent_model}" if job.parent_model else "")
             + (f", resuming at step {resume.name.removeprefix('step-')}" if resume else "")
             + ".",
         )
@@ -239,7 +252,7 @@ class JobRunner:
     def _finish(self, job: JobRecord, ft_id: str, result: Any) -> None:
         from server.jobs.results import store_results
 
-        result_files = store_results(self._store, job.id, result.history)
+        result_files = store_results(self._store, job.id, result.history, result.evaluation)
         created = int(time.time())
         done = self._store.jobs.update(
             job.id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from chatfmt.tokenizer import load_tokenizer
 from datalab.config import PipelineConfig
@@ -21,15 +22,17 @@ def prepare_training_data(
     seed: int,
     max_length: int | None = None,
     valid_path: Path | None = None,
+    method: Literal["supervised", "dpo"] = "supervised",
 ) -> Report:
     """datalab over a training run's files: train.jsonl, valid.jsonl, report.json in `data_dir`.
 
     Tokens are measured with the base model's tokenizer. Shared by jobs and `pomar tune`.
-    Both train supervised only (so far): a file of preference pairs is refused
-    (`method_mismatch`) rather than handed to the supervised trainer.
+    The file must suit the method: conversations for supervised, preference pairs (OpenAI's
+    shape or prompt/chosen/rejected, written out in OpenAI's) for dpo; the other kind is
+    refused (`method_mismatch`).
     """
     limit = {"max_length": max_length} if max_length else {}
-    config = PipelineConfig(seed=seed, method="supervised", **limit)
+    config = PipelineConfig(seed=seed, method=method, **limit)
     return prepare(
         train_path,
         data_dir,
@@ -65,7 +68,9 @@ def validate_files(store: Store, job: JobRecord, base_path: Path, data_dir: Path
         seed=job.seed,
         max_length=job.hyperparameters.get("max_length"),
         valid_path=valid_path,
+        method=job.method_type,
     )
+    errors = [p for p in report.problems if p.severity == "error"]
     store.events.add(
         job.id,
         report.summary(),
@@ -77,12 +82,25 @@ def validate_files(store: Store, job: JobRecord, base_path: Path, data_dir: Path
             "n_train": report.n_train,
             "n_validation": report.n_valid_split,
             "warnings": report.warnings[:10],
+            # line by line, as `pomar data check` shows them (the first 20)
+            "problems": [
+                {
+                    "file": p.file,
+                    "line": p.line,
+                    "code": p.code,
+                    "field": p.field,
+                    "message": p.message,
+                }
+                for p in errors[:20]
+            ],
         },
     )
     if not report.can_train:
         reasons = "; ".join(report.blocking_reasons[:3])
+        lines = "; ".join(f"line {p.line}: {p.code}" for p in errors[:5] if p.line)
         raise JobFailed(
             "invalid_training_file",
-            f"The training file {job.training_file} cannot be used: {reasons}",
+            f"The training file {job.training_file} cannot be used: {reasons}"
+            + (f" (first problems: {lines})" if lines else ""),
             "training_file",
         )

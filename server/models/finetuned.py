@@ -35,7 +35,14 @@ class FineTunedModels:
             )
         record = self._store.models.get(model_id)
         assert record is not None
-        self._registry.add_adapter_model(model_id, base_id, adapter, record.created)
+        self._registry.add_adapter_model(
+            model_id, base_id, adapter, record.created, self._parent(job_id)
+        )
+
+    def _parent(self, job_id: str | None) -> str | None:
+        """The `ft:` model a job started from, when it did (else the base is the parent)."""
+        job = self._store.jobs.get(job_id) if job_id else None
+        return job.parent_model if job else None
 
     def serve_all(self) -> None:
         """Serve every stored fine-tuned (and checkpoint) model whose base is served here.
@@ -49,7 +56,7 @@ class FineTunedModels:
             if ft and adapter and ft not in known and Path(adapter).is_dir():
                 # a QLoRA job's model is served on its quantized base
                 base = served_base_id(
-                    self._store.home / "models", job.model, job.hyperparameters, job.backend
+                    self._store.home / "models", job.base_id, job.hyperparameters, job.backend
                 )
                 with contextlib.suppress(StoreError):
                     self._store.models.register(
@@ -67,5 +74,9 @@ class FineTunedModels:
                 )
                 continue
             self._registry.add_adapter_model(
-                record.id, record.base_model, Path(record.adapter_path), record.created
+                record.id,
+                record.base_model,
+                Path(record.adapter_path),
+                record.created,
+                self._parent(record.job_id),
             )

@@ -87,9 +87,12 @@ class ModelRegistry:
                 self._residency.budget / GB,
             )
 
-    def add_adapter_model(self, model_id: str, base_id: str, adapter: Path, created: int) -> None:
-        """Serve a LoRA adapter as its own model on its base (loaded with the base)."""
-        self._adapters[model_id] = AdapterSpec(model_id, base_id, adapter, created)
+    def add_adapter_model(
+        self, model_id: str, base_id: str, adapter: Path, created: int, parent: str | None = None
+    ) -> None:
+        """Serve a LoRA adapter as its own model on its base (loaded with the base);
+        `parent` (default: the base) is the `ft:` model it was fine-tuned from, if any."""
+        self._adapters[model_id] = AdapterSpec(model_id, base_id, adapter, created, parent)
 
     def spec(self, model_id: str) -> ModelSpec:
         """How to load a base model: the one named at start, or one in the store."""
@@ -136,7 +139,8 @@ class ModelRegistry:
                 rows[entry.id] = Listing(entry.id, entry.created, None, entry.id in self._loaded)
         for ad in list(self._adapters.values()):
             if ad.base_id in rows:
-                rows[ad.id] = Listing(ad.id, ad.created, ad.base_id, ad.base_id in self._loaded)
+                parent = ad.parent or ad.base_id
+                rows[ad.id] = Listing(ad.id, ad.created, parent, ad.base_id in self._loaded)
         return list(rows.values())
 
     def loaded(self) -> list[LoadedModel]:

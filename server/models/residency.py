@@ -79,6 +79,8 @@ class AdapterSpec:
     base_id: str
     adapter: Path
     created: int
+    #: what `/v1/models` names as its parent: the base, or the `ft:` model it was trained from
+    parent: str | None = None
 
 
 @dataclass(frozen=True)

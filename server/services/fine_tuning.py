@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 from server.errors import InvalidRequest, NotFound
 from server.jobs.runner import JobRunner
@@ -49,20 +50,17 @@ class FineTuningService:
         `model_not_trainable` comes before any job exists; its weights are built in the
         job, once (`server.models.trainable`).
         """
+        # an `ft:` model (or checkpoint): the job trains on its base, from its adapter
         adapter = self._registry.adapter(request.model)
-        if adapter is not None:
-            raise InvalidRequest(
-                "Fine-tuning a fine-tuned model is not supported yet; use its base model "
-                f"'{adapter.base_id}'.",
-                param="model",
-                code="model_not_supported",
-            )
-        base = self._registry.spec(request.model)
-        trains_on = training_base(request.model, base.path)
+        base_id = adapter.base_id if adapter else request.model
+        base = self._registry.spec(base_id)
+        trains_on = training_base(base_id, base.path)
         self._check_file(request.training_file, "training_file")
         if request.validation_file:
             self._check_file(request.validation_file, "validation_file")
         hp = request.resolved_hyperparameters().model_dump(exclude_none=True)
+        if adapter is not None:
+            check_parent_shape(hp, adapter.adapter, base.path)
         from server.models.quantized_base import check_quantize  # QLoRA (issue 21, part 3)
 
         check_quantize(hp.get("quantize"), training_backend(base.backend))
@@ -79,12 +77,19 @@ class FineTuningService:
             metadata=request.metadata,
             backend=training_backend(base.backend),
             base_model_path=str(trains_on.folder),
+            base_model=base_id if adapter else None,
+            parent_model=request.model if adapter else None,
+            parent_adapter=str(adapter.adapter) if adapter else None,
         )
         self._store.events.add(job.id, f"Created fine-tuning job: {job.id}")
+        if adapter is not None:
+            self._store.events.add(
+                job.id, f"The job continues from {request.model}: its LoRA weights and shape."
+            )
         if not trains_on.ready:
             self._store.events.add(
                 job.id,
-                f"The base model '{display_name(request.model)}' is a GGUF: its Hugging Face "
+                f"The base model '{display_name(base_id)}' is a GGUF: its Hugging Face "
                 "weights, which the trainer needs, are built from it first (once).",
             )
         self._runner.submit(job.id)
@@ -153,6 +158,27 @@ class FineTuningService:
         return job
 
 
+def check_parent_shape(hp: dict[str, object], adapter: Path, base_path: Path) -> None:
+    """A job that continues from a fine-tune keeps its LoRA shape: a different one asked
+    for in the hyperparameters is a 400 naming it."""
+    from finetune.adapters import adapter_lora
+
+    lora = adapter_lora(adapter, base_path if base_path.is_dir() else None)
+    layers = -1 if lora.num_layers is None else lora.num_layers
+    for key, value in (
+        ("lora_rank", lora.rank),
+        ("lora_alpha", lora.alpha),
+        ("lora_layers", layers),
+    ):
+        asked = hp.get(key)
+        if asked is not None and float(asked) != float(value):  # type: ignore[arg-type]
+            raise InvalidRequest(
+                f"{key}={asked} differs from the fine-tuned model's own {key}={value}: a job "
+                "that continues from a fine-tune keeps its LoRA shape.",
+                param=f"hyperparameters.{key}",
+            )
+
+
 @contextlib.contextmanager
 def _cursor(after: str | None) -> Iterator[None]:
     """An `after` id that names nothing in the list is the client's error, not a 500."""
@@ -166,7 +192,19 @@ def _cursor(after: str | None) -> Iterator[None]:
 
 def to_job(job: JobRecord) -> FineTuningJob:
     """The `fine_tuning.job` object of a stored job."""
+    from server.protocol.fine_tuning import EvaluationMetrics, JobEvaluation
+
     hp = JobHyperparameters(**job.hyperparameters)
+    evaluation = None
+    if job.evaluation:  # pomar's before/after; figures this version does not know are left out
+        known = set(EvaluationMetrics.model_fields)
+        evaluation = JobEvaluation(
+            **{
+                phase: EvaluationMetrics(**{k: v for k, v in metrics.items() if k in known})
+                for phase, metrics in job.evaluation.items()
+                if phase in ("before", "after") and isinstance(metrics, dict)
+            }
+        )
     kind = (job.method or {}).get("type", "supervised")
     return FineTuningJob(
         id=job.id,
@@ -188,6 +226,7 @@ def to_job(job: JobRecord) -> FineTuningJob:
         integrations=job.integrations,
         metadata=job.metadata,
         suffix=job.suffix,
+        evaluation=evaluation,
     )
 
 

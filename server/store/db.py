@@ -139,9 +139,10 @@ MIGRATIONS: tuple[str, ...] = (
         input_items TEXT NOT NULL
     );
     """,
-    # a job started from a fine-tuned model (its id and adapter folder), and the job's
-    # before/after evaluation (JSON)
+    # a job started from a fine-tuned model (its id and adapter folder, and the base model
+    # under it), and the job's before/after evaluation (JSON)
     """
+    ALTER TABLE jobs ADD COLUMN base_model TEXT;
     ALTER TABLE jobs ADD COLUMN parent_model TEXT;
     ALTER TABLE jobs ADD COLUMN parent_adapter TEXT;
     ALTER TABLE jobs ADD COLUMN evaluation TEXT;

@@ -65,9 +65,20 @@ class JobRecord:
     step: int
     total_steps: int | None
     last_checkpoint_step: int | None
+    base_model: str | None = None  # the base under `model` when that is an `ft:` model
     parent_model: str | None = None  # the `ft:` model the job started from
     parent_adapter: str | None = None  # that model's adapter folder
     evaluation: dict[str, Any] | None = None  # before/after, see server.jobs.evaluation
+
+    @property
+    def method_type(self) -> Literal["supervised", "dpo"]:
+        """The job's training method (`method.type`)."""
+        return "dpo" if (self.method or {}).get("type") == "dpo" else "supervised"
+
+    @property
+    def base_id(self) -> str:
+        """The base model the job trains on (its `model`, unless that is an `ft:` model)."""
+        return self.base_model or self.model
 
     @property
     def is_terminal(self) -> bool:
@@ -132,6 +143,7 @@ class JobRepository:
         base_model_path: str | None = None,
         work_dir: str | None = None,
         created_at: int | None = None,
+        base_model: str | None = None,
         parent_model: str | None = None,
         parent_adapter: str | None = None,
     ) -> JobRecord:
@@ -142,9 +154,9 @@ class JobRepository:
             conn.execute(
                 "INSERT INTO jobs (id, created_at, updated_at, model, status, training_file,"
                 " validation_file, organization_id, hyperparameters, method, seed, suffix,"
-                " integrations, metadata, backend, base_model_path, work_dir, parent_model,"
-                " parent_adapter)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " integrations, metadata, backend, base_model_path, work_dir, base_model,"
+                " parent_model, parent_adapter)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     created,
@@ -163,6 +175,7 @@ class JobRepository:
                     backend,
                     base_model_path,
                     work_dir,
+                    base_model,
                     parent_model,
                     parent_adapter,
                 ),

@@ -121,10 +121,28 @@ def test_fine_tune_then_chat_with_the_result(ft_server: LiveServer, tmp_path: Pa
     ckpt_model = checkpoints[0].fine_tuned_model_checkpoint
     assert client.models.retrieve(ckpt_model).id == ckpt_model
 
+    # pomar's before/after evaluation on the split-off validation set
+    evaluation = done.model_extra["evaluation"] if done.model_extra else None  # type: ignore[attr-defined]
+    assert evaluation is not None, done
+    before, after = evaluation["before"], evaluation["after"]
+    assert before["step"] == 0 and after["step"] > 0
+    assert after["valid_loss"] < 0.2 * before["valid_loss"]
+    assert before["exact_match"] == 0 and before["n_generated"] >= 1
+    assert after["normalized_match"] >= after["exact_match"] > before["exact_match"]
+    evaluated = [e for e in events if (e.data or {}).get("phase") in ("before", "after")]
+    assert sorted(e.data["phase"] for e in evaluated) == ["after", "before"]  # type: ignore[index]
+    assert any(
+        e.message.startswith("Evaluation before training: validation loss") for e in evaluated
+    )
+
     csv_id, png_id = done.result_files  # type: ignore[attr-defined]
     rows = list(csv.DictReader(io.StringIO(client.files.content(csv_id).text)))
-    assert rows and {"step", "train_loss", "valid_loss"} <= set(rows[0])
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert rows and {"step", "train_loss", "valid_loss", "valid_exact_match"} <= set(rows[0])
+    # the evaluation's "before" is a step-0 row; "after" lands on the last step's row
+    assert rows[0]["step"] == "0" and rows[0]["train_loss"] == ""
+    assert float(rows[0]["valid_loss"]) > float(rows[-1]["valid_loss"])
+    assert float(rows[-1]["valid_exact_match"]) == after["exact_match"]
+    assert float(rows[-1]["train_loss"]) < float(rows[1]["train_loss"])
     assert client.files.content(png_id).content.startswith(b"\x89PNG")
     assert client.files.retrieve(csv_id).purpose == "fine-tune-results"
 
