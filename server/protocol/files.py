@@ -6,11 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.errors import UnsupportedParameter
+from server.errors import InvalidRequest, UnsupportedParameter
 from server.protocol.common import OpenAIModel
 
 # What a client may upload for; the server itself also writes `fine-tune-results` files.
-FilePurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]
+#: what `POST /v1/files` takes: OpenAI's upload purposes that its File object can echo.
+#: OpenAI also takes "evals" (for its Evals API) but its File object's purpose enum lacks
+#: it; pomar has no Evals API and refuses it by name instead of answering off-schema.
+FilePurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data"]
 FileStatus = Literal["uploaded", "processed", "error"]
 
 
@@ -72,4 +75,11 @@ class FileUploadForm(BaseModel):
     def _refuse_expiry(cls, data: Any) -> Any:
         if isinstance(data, dict) and any(str(k).startswith("expires_after") for k in data):
             raise UnsupportedParameter("expires_after", "Files are kept until they are deleted.")
+        if isinstance(data, dict) and data.get("purpose") == "evals":
+            raise InvalidRequest(
+                "purpose 'evals' is not supported: pomar has no Evals API. Upload with purpose "
+                "'user_data' to keep a file for your own use.",
+                param="purpose",
+                code="unsupported_value",
+            )
         return data

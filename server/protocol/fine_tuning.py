@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from server.errors import InvalidRequest, UnsupportedParameter
 from server.protocol.common import OpenAIModel
@@ -298,6 +306,13 @@ class EventList(OpenAIModel):
 
 
 class CheckpointMetrics(OpenAIModel):
+    """A checkpoint's metrics; what was not measured is left out (OpenAI's schema gives
+    each as a number, never null)."""
+
+    @model_serializer(mode="wrap")
+    def _measured_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
     step: float | None = None
     train_loss: float | None = None
     train_mean_token_accuracy: float | None = None

@@ -238,7 +238,8 @@ def to_event(event: EventRecord) -> JobEvent:
         level=event.level,
         message=event.message,
         type=event.type,
-        data=event.data if isinstance(event.data, dict) else None,
+        # an object always, as OpenAI's schema and its own examples (`"data": {}`) have it
+        data=event.data if isinstance(event.data, dict) else {},
     )
 
 

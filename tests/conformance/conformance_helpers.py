@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,16 @@ OPENAI_SPEC = Path(__file__).resolve().parent / "openai-openapi.json"
 
 CHECKS = [not_a_server_error, response_schema_conformance]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-#: fuzzed cases per operation (each one HTTP request; generation ones run the model)
-MAX_EXAMPLES = 25
+#: fuzzed cases per operation and seed (each one HTTP request; generation ones run the
+#: model); `POMAR_FUZZ_EXAMPLES` raises it for long runs (scripts/fuzz)
+MAX_EXAMPLES = int(os.environ.get("POMAR_FUZZ_EXAMPLES", "25"))
+#: the fixed seeds CI fuzzes with: the one seed the suite used met none of the schema
+#: violations a run with another seed found (null checkpoint metrics, null event data, an
+#: "evals" file); `POMAR_FUZZ_SEEDS` replaces them (scripts/fuzz draws a fresh one)
+SEEDS = tuple(int(s) for s in os.environ.get("POMAR_FUZZ_SEEDS", "0,1,2").split(",") if s)
 FUZZ = settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
-    derandomize=True,
     database=None,
     suppress_health_check=list(HealthCheck),
 )
@@ -118,11 +123,15 @@ def _openai_spec() -> dict[str, Any]:
     page = spec["components"]["schemas"]["ListFilesResponse"]["properties"]
     for name in ("first_id", "last_id"):
         page[name]["type"] = ["string", "null"]
-    # OpenAI's own inconsistency: CreateFileRequest takes purpose "evals", which the file
-    # object's purpose enum lacks; pomar echoes the purpose it was given.
-    purpose = spec["components"]["schemas"]["OpenAIFile"]["properties"]["purpose"]
-    if "evals" not in purpose["enum"]:
-        purpose["enum"].append("evals")
+    # With `echo` and `logprobs`, OpenAI's legacy completions answer null for the first
+    # prompt token's logprob and top_logprobs (nothing comes before it to score it on);
+    # lm-evaluation-harness reads them that way. pomar does the same; the schema says number.
+    legacy_logprobs = spec["components"]["schemas"]["CreateCompletionResponse"]["properties"][
+        "choices"
+    ]["items"]["properties"]["logprobs"]["anyOf"][0]["properties"]
+    legacy_logprobs["token_logprobs"]["items"] = {"type": ["number", "null"]}
+    top = legacy_logprobs["top_logprobs"]["items"]
+    legacy_logprobs["top_logprobs"]["items"] = {"anyOf": [top, {"type": "null"}]}
     # OpenAI's schema describes the embedding as floats only, yet its API (and the openai
     # SDK, which decodes it) answers `encoding_format: "base64"` with a base64 string
     vector = spec["components"]["schemas"]["Embedding"]["properties"]["embedding"]
@@ -155,11 +164,11 @@ def clamp_generation(case: schemathesis.Case, served: dict[str, str]) -> None:
             body[name] = cap
 
 
-def configure(schema: Any) -> Any:
-    """Examples and fuzzing (no coverage phase: its case count is not bounded), few cases."""
+def configure(schema: Any, seed: int) -> Any:
+    """Examples and fuzzing (no coverage phase: its case count is not bounded), few cases,
+    drawn from `seed` (the same cases on every run)."""
     schema.config.update(request_timeout=120)
     schema.config.phases.update(phases=["examples", "fuzzing"])
-    schema.config.generation.update(
-        max_examples=MAX_EXAMPLES, deterministic=True, with_security_parameters=False
-    )
+    schema.config.generation.update(max_examples=MAX_EXAMPLES, with_security_parameters=False)
+    schema.config.seed = seed
     return schema

@@ -99,7 +99,7 @@ def test_upload_fine_tune_file(client: TestClient, home: Path) -> None:
     assert client.get(f"/v1/files/{obj.id}").json() == body
 
 
-@pytest.mark.parametrize("purpose", ["assistants", "batch", "vision", "user_data", "evals"])
+@pytest.mark.parametrize("purpose", ["assistants", "batch", "vision", "user_data"])
 def test_other_purposes_store_any_bytes(client: TestClient, purpose: str) -> None:
     content = bytes(range(256)) * 4
     r = upload(client, content, purpose, name="blob.bin")
@@ -108,6 +108,16 @@ def test_other_purposes_store_any_bytes(client: TestClient, purpose: str) -> Non
     got = client.get(f"/v1/files/{file_id}/content")
     assert got.status_code == 200 and got.content == content
     assert got.headers["content-type"] == "application/octet-stream"
+
+
+def test_evals_files_are_refused_by_name(client: TestClient, home: Path) -> None:
+    """OpenAI takes "evals" uploads, yet its File object cannot echo that purpose: pomar,
+    which has no Evals API, refuses them and stores nothing."""
+    r = upload(client, b"{}\n", "evals", name="e.jsonl")
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["param"] == "purpose" and error["code"] == "unsupported_value"
+    assert "Evals API" in error["message"] and stored(home) == []
 
 
 def test_fine_tune_accepts_blank_lines_crlf_and_no_final_newline(client: TestClient) -> None:

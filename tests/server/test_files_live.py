@@ -52,14 +52,14 @@ def test_upload_retrieve_content_delete(tiny_server: LiveServer, tmp_path: Path)
 def test_list_paginates_through_the_sdk(tiny_server: LiveServer) -> None:
     client = client_for(tiny_server)
     mine = [
-        client.files.create(file=(f"{i}.txt", f"{i}".encode()), purpose="evals").id
+        client.files.create(file=(f"{i}.txt", f"{i}".encode()), purpose="user_data").id
         for i in range(5)
     ]
-    first = client.files.list(purpose="evals", limit=2)
+    first = client.files.list(purpose="user_data", limit=2)
     assert len(first.data) == 2 and first.has_more
-    seen = [f.id for f in client.files.list(purpose="evals", limit=2)]  # auto-pagination
+    seen = [f.id for f in client.files.list(purpose="user_data", limit=2)]  # auto-pagination
     assert [i for i in seen if i in mine] == mine[::-1]
-    asc = [f.id for f in client.files.list(purpose="evals", order="asc", limit=3)]
+    asc = [f.id for f in client.files.list(purpose="user_data", order="asc", limit=3)]
     assert [i for i in asc if i in mine] == mine
     for file_id in mine:
         client.files.delete(file_id)
