@@ -1,30 +1,37 @@
-"""Pure ASGI middlewares: the API-key check on `/v1`, and the request-body cap."""
+"""Pure ASGI middlewares: the API-key check on `/v1`, the request-body cap, request metrics."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import time
+from typing import Protocol
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import AuthenticationFailed, PomarError, RequestTooLarge, envelope_for
 
 
 class APIKeyMiddleware:
-    """Refuses `/v1/...` requests whose key is missing or wrong.
+    """Refuses `/v1/...` requests (and those to the paths in `also`) whose key is missing
+    or wrong.
 
     The key comes as `Authorization: Bearer <key>` (OpenAI's clients) or as `x-api-key:
     <key>` (Anthropic's); either one that matches lets the request through.
     """
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, also: frozenset[str] = frozenset()) -> None:
         self.app = app
         # compared as digests: the same length whatever the client sends
         self._digest = hashlib.sha256(api_key.encode()).digest()
+        self._also = also
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/v1"):
+        path = scope.get("path", "")
+        keyed = path.startswith("/v1") or path.rstrip("/") in self._also
+        if scope["type"] in ("http", "websocket") and keyed:
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
@@ -90,6 +97,76 @@ class BodyLimitMiddleware:
             f"The request body is larger than this server accepts ({self._max} bytes; "
             "POMAR_MAX_BODY_BYTES)."
         )
+
+
+class RequestObserver(Protocol):
+    """Hears each answered request (the server's metrics)."""
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """`route` is the route's path template (`/v1/files/{file_id}`), never the URL."""
+
+
+#: methods kept as they are in a request's `method` label; any other is "other"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestMetricsMiddleware:
+    """Tells `observer` of every HTTP request once it is answered: its route template,
+    method, status and duration (a stream's lasts until its last event).
+
+    Outermost, so refusals by the other middlewares (401, 413) are counted too; a URL
+    that no route matches is counted under the route `unmatched`.
+    """
+
+    def __init__(self, app: ASGIApp, observer: RequestObserver) -> None:
+        self.app = app
+        self._observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except BaseException:
+            # an error the app's outer handler turns into a 500 (unless the answer began)
+            status = status or 500
+            raise
+        finally:
+            method = scope.get("method", "GET")
+            self._observer.request(
+                _route_template(scope),
+                method if method in _METHODS else "other",
+                # a client that left before any answer: nginx's "client closed request"
+                status or 499,
+                time.perf_counter() - started,
+            )
+
+
+def _route_template(scope: Scope) -> str:
+    """The path template of the route that answered (or would have: a refused request)."""
+    route = scope.get("route")
+    if route is None:
+        app = scope.get("app")
+        routes: list[BaseRoute] = getattr(app, "routes", [])
+        found: dict[Match, BaseRoute | None] = {Match.FULL: None, Match.PARTIAL: None}
+        for candidate in routes:
+            match = candidate.matches(scope)[0]
+            if match is not Match.NONE and found[match] is None:
+                found[match] = candidate
+        # a route whose method does not match (the 405) answered for its path too
+        route = found[Match.FULL] or found[Match.PARTIAL]
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
 
 
 async def _refuse(send: Send, message: str, path: str) -> None:

@@ -61,6 +61,8 @@ class GenerationWorker:
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._busy = threading.Event()
         self._concurrency = max(1, concurrency)
+        # jobs admitted but not yet started, and jobs being advanced (read by `/metrics`)
+        self._waiting = self._running = 0
         self._thread = threading.Thread(target=self._run, name=f"pomar-{name}", daemon=True)
         self._thread.start()
 
@@ -68,6 +70,16 @@ class GenerationWorker:
     def busy(self) -> bool:
         """True while a job is being produced."""
         return self._busy.is_set()
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for the thread (approximate: read without a lock)."""
+        return self._jobs.qsize() + self._waiting
+
+    @property
+    def running(self) -> int:
+        """Jobs the thread is advancing now (at most `concurrency`)."""
+        return self._running
 
     @property
     def concurrency(self) -> int:
@@ -140,6 +152,7 @@ class GenerationWorker:
                 job = waiting.popleft()
                 if not job.cancel.is_set():  # else the client left while it waited
                     active.append((job, iter(job.produce(job.cancel.is_set))))
+            self._waiting, self._running = len(waiting), len(active)
             if not active:
                 if closing and not waiting:
                     return
@@ -148,6 +161,7 @@ class GenerationWorker:
             for entry in list(active):
                 if not self._advance(*entry):
                     active.remove(entry)
+            self._running = len(active)
             if not active:
                 self._busy.clear()
 

@@ -27,6 +27,7 @@ from server.protocol.common import Usage, new_id, now
 from server.protocol.tools import ToolUse
 from server.services.choices import Producer, choices_producer, fingerprint, usage
 from server.services.logprobs import LogprobFormatter
+from server.services.observer import GenerationObserver, GenerationTrace, trace
 from server.services.reasoning import ReasoningField, ReasoningTracker, reasoning_fields
 from server.services.sampling import generation_params
 from server.services.structured import (
@@ -64,7 +65,9 @@ class ChatService:
         default_max_tokens: int,
         max_messages: int = 2048,
         reasoning_field: ReasoningField = "reasoning_content",
+        observer: GenerationObserver | None = None,
     ) -> None:
+        self._observer = observer
         self._reasoning_field: ReasoningField = reasoning_field
         self._max_n = max_n
         self._max_messages = max_messages
@@ -136,7 +139,8 @@ class ChatService:
         sampled: list[list[Sampled]] = [[] for _ in range(chat.n)]
         trackers = [ReasoningTracker(chat.thinking) for _ in range(chat.n)]
         completion_tokens = cached = reasoning_tokens = 0
-        async for index, chunk in chat.model.worker.stream(_producer(chat)):
+        heard = trace(self._observer, chat.model.id)
+        async for index, chunk in chat.model.worker.stream(_producer(chat, heard)):
             thought, answer = trackers[index].feed(chunk)
             answers[index] += answer
             sampled[index].extend(chunk.tokens)
@@ -194,7 +198,8 @@ class ChatService:
         calls: dict[int, ToolCallStream] = {}
         trackers: dict[int, ReasoningTracker] = {}
         completion_tokens = cached = reasoning_tokens = 0
-        async for index, piece in chat.model.worker.stream(_producer(chat)):
+        heard = trace(self._observer, chat.model.id)
+        async for index, piece in chat.model.worker.stream(_producer(chat, heard)):
             if index not in started:
                 started.add(index)
                 trackers[index] = ReasoningTracker(chat.thinking)
@@ -273,5 +278,5 @@ def _switch(request: ChatCompletionRequest, fmt: ModelFormat) -> dict[str, Any]:
     )
 
 
-def _producer(chat: PreparedChat) -> Producer:
-    return choices_producer(chat.model, [chat.prompt_ids], chat.params, chat.n)
+def _producer(chat: PreparedChat, heard: GenerationTrace) -> Producer:
+    return choices_producer(chat.model, [chat.prompt_ids], chat.params, chat.n, heard)

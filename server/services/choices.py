@@ -10,17 +10,25 @@ from server.engine.base import GenerationParams
 from server.engine.generation import Chunk, stream_chunks
 from server.models.residency import LoadedModel
 from server.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
+from server.services.observer import NO_OBSERVER, GenerationTrace
 
 Producer = Callable[[Callable[[], bool]], Iterator[tuple[int, Chunk]]]
 
 
 def choices_producer(
-    model: LoadedModel, prompts: Sequence[list[int]], params: GenerationParams, n: int
+    model: LoadedModel,
+    prompts: Sequence[list[int]],
+    params: GenerationParams,
+    n: int,
+    trace: GenerationTrace | None = None,
 ) -> Producer:
     """The worker job: `n` choices per prompt, one after another, each with its own seed.
 
-    Choice `i * n + j` is the j-th sample of prompt i, as OpenAI numbers them.
+    Choice `i * n + j` is the j-th sample of prompt i, as OpenAI numbers them. `trace`
+    hears each chunk's tokens, and each prompt once (its first choice's reading, as
+    `usage` counts it).
     """
+    heard = trace or GenerationTrace(NO_OBSERVER, model.id)
 
     def produce(should_stop: Callable[[], bool]) -> Iterator[tuple[int, Chunk]]:
         # runs on the worker thread, one request at a time: safe to switch adapters here
@@ -30,7 +38,11 @@ def choices_producer(
                 choice = params
                 if params.seed is not None:
                     choice = replace(params, seed=params.seed + j)
+                completion = heard.completion()
                 for piece in stream_chunks(model.engine, prompt_ids, choice, should_stop):
+                    completion.chunk(piece)
+                    if j == 0 and piece.finish_reason is not None:
+                        heard.prompt(len(prompt_ids), piece.cached_tokens)
                     yield p * n + j, piece
                 if should_stop():
                     return

@@ -32,6 +32,7 @@ from server.protocol.completions import (
 )
 from server.services.choices import choices_producer, fingerprint, usage
 from server.services.logprobs import FLOOR
+from server.services.observer import GenerationObserver, GenerationTrace, trace
 from server.services.sampling import generation_params
 
 
@@ -126,8 +127,9 @@ MAX_CHOICES_PER_N = 16
 class CompletionService:
     """Runs legacy completions on the models the routes lease."""
 
-    def __init__(self, *, max_n: int) -> None:
+    def __init__(self, *, max_n: int, observer: GenerationObserver | None = None) -> None:
         self._max_n = max_n
+        self._observer = observer
         # per engine (adapter models share their base's); weak keys let unloaded engines go
         self._facts: weakref.WeakKeyDictionary[Engine, TokenizerFacts] = weakref.WeakKeyDictionary()
 
@@ -185,7 +187,8 @@ class CompletionService:
         """The whole `text_completion` object."""
         results = [_Result() for _ in range(len(job.prompts) * job.candidates)]
         scores: dict[int, list[Sampled]] = {}
-        async for item in job.model.worker.stream(_producer(job)):
+        heard = trace(self._observer, job.model.id)
+        async for item in job.model.worker.stream(_producer(job, heard)):
             if isinstance(item, PromptScores):
                 scores[item.prompt] = item.scores
                 continue
@@ -248,7 +251,8 @@ class CompletionService:
         writers: dict[int, LogprobWriter] = {}
         scores: dict[int, list[Sampled]] = {}
         generated = cached = 0
-        async for item in job.model.worker.stream(_producer(job)):
+        heard = trace(self._observer, job.model.id)
+        async for item in job.model.worker.stream(_producer(job, heard)):
             if isinstance(item, PromptScores):
                 scores[item.prompt] = item.scores
                 continue
@@ -313,7 +317,9 @@ class CompletionService:
         return PromptInput(ids, text, echo_ids, start)
 
 
-def _producer(job: PreparedCompletion) -> Callable[[Callable[[], bool]], Iterator[_Item]]:
+def _producer(
+    job: PreparedCompletion, heard: GenerationTrace
+) -> Callable[[Callable[[], bool]], Iterator[_Item]]:
     """The worker job: per prompt its scores (when echoed with logprobs), then its choices.
 
     Choice `p * candidates + j` is the j-th completion of prompt p, as OpenAI numbers them.
@@ -336,7 +342,7 @@ def _producer(job: PreparedCompletion) -> Callable[[Callable[[], bool]], Iterato
                 for j in range(job.candidates):
                     yield base + j, Chunk("", 0, "length")
                 continue
-            one = choices_producer(model, [prompt.ids], job.params, job.candidates)
+            one = choices_producer(model, [prompt.ids], job.params, job.candidates, heard)
             for j, piece in one(should_stop):
                 yield base + j, piece
             if should_stop():

@@ -219,6 +219,11 @@ class JobRepository:
         )
         return [JobRecord.from_row(r) for r in rows]
 
+    def count_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status (statuses no job is in are left out)."""
+        rows = self.db.query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
     def update(
         self,
         job_id: str,
