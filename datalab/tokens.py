@@ -44,6 +44,22 @@ def recommend_max_length(p95: float, context: int | None, cap: int = 2048) -> in
     return min(rec, limit)
 
 
+class TokenHistogram(BaseModel):
+    """How many conversations fall in each token-length bin: `counts[i]` in
+    `[edges[i], edges[i + 1])` (the last bin includes its right edge)."""
+
+    edges: list[int]
+    counts: list[int]
+
+
+def token_histogram(a: np.ndarray, bins: int = 20) -> TokenHistogram:
+    """Equal-width bins from 0 to the longest conversation (edges rounded up to tokens)."""
+    top = max(int(a.max()), 1)
+    edges = np.unique(np.ceil(np.linspace(0, top, bins + 1)).astype(np.int64))
+    counts, _ = np.histogram(a, bins=edges)
+    return TokenHistogram(edges=[int(e) for e in edges], counts=[int(c) for c in counts])
+
+
 class TokenSection(BaseModel):
     """Token lengths of the kept conversations, as training will see them."""
 
@@ -59,6 +75,7 @@ class TokenSection(BaseModel):
     recommended_max_length: int
     model_context: int | None
     rendering: str = Field(description="'chat_template' or 'chatml'")
+    histogram: TokenHistogram | None = Field(None, description="token lengths, binned")
 
 
 class TokenCounter:
@@ -131,4 +148,5 @@ class TokenCounter:
             recommended_max_length=recommended,
             model_context=context,
             rendering="chat_template" if self._use_template else "chatml",
+            histogram=token_histogram(a),
         )

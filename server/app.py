@@ -41,6 +41,8 @@ from server.models.residency import (
 from server.routes import (
     chat,
     completions,
+    console,
+    datareport,
     embeddings,
     files,
     fine_tuning,
@@ -52,6 +54,7 @@ from server.routes import (
 )
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
+from server.services.datareport import DataReportService
 from server.services.embeddings import EmbeddingService, serve_embedding_model
 from server.services.files import FileService
 from server.services.fine_tuning import FineTuningService
@@ -80,6 +83,8 @@ class Services:
     messages: MessagesService
     #: OpenAI's Responses API, over `chat`
     responses: ResponseService
+    #: datalab's report of an uploaded file (`GET /v1/files/{id}/report`)
+    data_reports: DataReportService
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
@@ -124,6 +129,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
                 embeddings=EmbeddingService(embedding),
                 messages=MessagesService(chat_service),
                 responses=ResponseService(chat_service, store.responses),
+                data_reports=DataReportService(store.files, registry),
             )
             yield
         finally:
@@ -168,7 +174,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             *completions.routes,
             *embeddings.routes,
             *files.routes,
+            *datareport.routes,
             *fine_tuning.routes,
+            *console.routes,
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -161,7 +161,7 @@ def _operation(op: Operation, refs: Refs, defs: dict[str, Any]) -> dict[str, Any
     if op.response is not None:
         content = _json(refs[(op.response, "serialization")])
     else:
-        content = {"application/octet-stream": {"schema": _BINARY}} if op.binary else _json({})
+        content = {op.media_type: {"schema": _BINARY}} if op.binary else _json({})
     error = _ERROR if op.error is None else refs[(op.error, "serialization")]
     if op.stream is not None:
         chunk = refs[(op.stream, "serialization")]
@@ -171,7 +171,8 @@ def _operation(op: Operation, refs: Refs, defs: dict[str, Any]) -> dict[str, Any
     if op.public:
         out["security"] = []
     for status, why in _ERROR_STATUSES.items():
-        if status == "500" or not op.public:
+        # a public operation answers 404 too where its path names something
+        if status == "500" or not op.public or (status == "404" and op.path_params):
             out["responses"][status] = {"description": why, "content": _json(error)}
     return out
 

@@ -25,7 +25,7 @@ class Operation:
 
     `request`: the JSON body; `multipart`: a `multipart/form-data` body, these form fields
     plus a `file` part; `query`: the query parameters; `response`: the JSON answer;
-    `stream`: the SSE chunk model; `binary`: answers raw bytes; `public`: no key;
+    `stream`: the SSE chunk model; `binary`: answers raw bytes (of `media_type`); `public`: no key;
     `path_params`: each path parameter's description, by name; `named_events`: each SSE
     event is named by its type (`event:`) and no `data: [DONE]` ends the stream (Anthropic's
     wire); `error`: the error body's model (default: OpenAI's envelope).
@@ -45,6 +45,8 @@ class Operation:
     description: str = ""
     named_events: bool = False
     error: type[BaseModel] | None = None
+    #: the media type of a `binary` answer
+    media_type: str = "application/octet-stream"
 
 
 class ApiRoute(Route):
@@ -82,6 +84,7 @@ def api_route(
     description: str = "",
     named_events: bool = False,
     error: type[BaseModel] | None = None,
+    media_type: str = "application/octet-stream",
 ) -> ApiRoute:
     """A route for `method` on `path`, documented by the rest (see `Operation`)."""
     operation = Operation(
@@ -99,5 +102,6 @@ def api_route(
         description=description,
         named_events=named_events,
         error=error,
+        media_type=media_type,
     )
     return ApiRoute(path, endpoint, method, operation)
