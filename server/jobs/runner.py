@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 ACTIVE: tuple[JobStatus, ...] = ("validating_files", "queued", "running")
 RUNNING: tuple[JobStatus, ...] = ("running",)
 WAITING: tuple[JobStatus, ...] = ("queued", "running")
+#: a job whose training process dies this many times in a row fails
+MAX_CRASHES = 3
 #: persist and serve a fine-tuned model: (model id, base id, adapter folder, job id)
 Register = Callable[[str, str, Path, str], None]
 
@@ -51,6 +53,7 @@ class JobRunner:
         self._register = register
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._stops: dict[str, threading.Event] = {}
+        self._crashes: dict[str, int] = {}  # training-process deaths per job, this run
         self._shutdown = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pomar-jobs", daemon=True)
 
@@ -190,7 +193,7 @@ class JobRunner:
     def _train(
         self, job_id: str, base_path: Path, data_dir: Path, out_dir: Path, stop: threading.Event
     ) -> None:
-        from finetune.trainer import clean_partial_writes, latest_checkpoint, train
+        from finetune.trainer import clean_partial_writes, latest_checkpoint
         from server.jobs.hyper import train_config
         from server.jobs.parent import parent_adapter
 
@@ -240,7 +243,9 @@ class JobRunner:
             self._register(model_id, served_on, path, job_id)
 
         callback = JobCallback(self._store, job_id, ft_id, stop, register_checkpoint)
-        result = train(config, callback)
+        result = self._train_child(job_id, config, callback)
+        if result is None:
+            return  # the training process died; the job was queued again or failed
         if result.stopped_early:
             if self._shutdown.is_set() and self._store.jobs.get(job_id).status == "running":  # type: ignore[union-attr]
                 self._store.events.add(
@@ -248,6 +253,45 @@ class JobRunner:
                 )
             return
         self._finish(job, ft_id, result)
+
+    def _train_child(self, job_id: str, config: Any, callback: JobCallback) -> Any:
+        """Train in a child process (server.jobs.trainproc). A crash there resumes the
+        job from its last checkpoint, up to MAX_CRASHES times, then fails it."""
+        from server.jobs.trainproc import TrainerCrashed, TrainerError, train_in_child
+
+        def started(pid: int) -> None:
+            log.info("job %s trains in process %d", job_id, pid)
+            self._store.events.add(job_id, f"Training runs in process {pid}.", data={"pid": pid})
+
+        try:
+            result = train_in_child(config, callback, started)
+        except TrainerError as exc:
+            message = f"Training failed: {exc.kind}: {exc}"[:500]
+            raise JobFailed("training_failed", message, None) from exc
+        except TrainerCrashed as crash:
+            if self._shutdown.is_set():
+                return None  # stopping: the job resumes on the next start
+            crashes = self._crashes[job_id] = self._crashes.get(job_id, 0) + 1
+            if crashes >= MAX_CRASHES:
+                raise JobFailed(
+                    "training_crashed",
+                    f"The training process died ({crash.how}) {crashes} times in a row.",
+                    None,
+                ) from crash
+            current = self._store.jobs.get(job_id)
+            step = current.last_checkpoint_step if current else None
+            where = f"its checkpoint at step {step}" if step else "the beginning"
+            log.warning("job %s: %s; resuming from %s", job_id, crash, where)
+            self._store.events.add(
+                job_id,
+                f"The training process died ({crash.how}); the job resumes from {where}.",
+                level="warn",
+            )
+            self.submit(job_id)
+            return None
+        if result.steps > 0:
+            self._crashes.pop(job_id, None)  # "in a row": a run that trained resets it
+        return result
 
     def _finish(self, job: JobRecord, ft_id: str, result: Any) -> None:
         from server.jobs.results import store_results
