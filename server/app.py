@@ -25,7 +25,7 @@ from server.engine.templates import ChatTemplate, sampling_defaults
 from server.engine.worker import GenerationWorker
 from server.errors import ModelLoadError, PomarError, envelope_for, error_envelope
 from server.jobs.runner import JobRunner
-from server.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from server.middleware import APIKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from server.models import ModelCatalog
 from server.models.finetuned import FineTunedModels
 from server.models.info import serving_memory
@@ -48,6 +48,7 @@ from server.routes import (
     fine_tuning,
     health,
     messages,
+    metrics,
     models,
     openapi,
     responses,
@@ -59,6 +60,7 @@ from server.services.embeddings import EmbeddingService, serve_embedding_model
 from server.services.files import FileService
 from server.services.fine_tuning import FineTuningService
 from server.services.messages import MessagesService
+from server.services.metrics import Metrics
 from server.services.models import ModelService
 from server.services.responses import ResponseService
 from server.settings import Settings
@@ -89,6 +91,7 @@ class Services:
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     """Build the app; its lifespan loads the default model (or serves `engine` if given)."""
+    telemetry = Metrics()  # this app's own registry: `GET /metrics`
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -112,17 +115,20 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             runner = JobRunner(store, registry.base_path, fine_tuned.register)
             runner.start()
             reaper = asyncio.create_task(registry.keep_alive_loop())
+            telemetry.watch(registry, store.jobs)
+            app.state.metrics = telemetry
             chat_service = ChatService(
                 max_n=settings.max_n,
                 default_max_tokens=settings.default_max_tokens,
                 max_messages=settings.max_messages,
                 reasoning_field=settings.reasoning_field,
+                observer=telemetry,
             )
             app.state.services = Services(
                 registry=registry,
                 models=ModelService(registry, store, embedding),
                 chat=chat_service,
-                completions=CompletionService(max_n=settings.max_n),
+                completions=CompletionService(max_n=settings.max_n, observer=telemetry),
                 store=store,
                 files=FileService(store.files, max_upload_bytes=settings.max_upload_bytes),
                 fine_tuning=FineTuningService(store, registry, runner),
@@ -133,6 +139,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             )
             yield
         finally:
+            telemetry.watch(None, None)
             if reaper is not None:
                 reaper.cancel()
             if runner is not None:
@@ -142,7 +149,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
                 embedding.close()
             store.close()
 
-    middleware = []
+    # outermost: every request is counted, those the middlewares below refuse included
+    middleware = [Middleware(RequestMetricsMiddleware, observer=telemetry)]
     if settings.cors_origins:
         # outermost, so browsers' preflight requests are answered before the key check
         middleware.append(
@@ -161,12 +169,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         )
     )
     if settings.api_key is not None:
-        middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value()))
+        key = settings.api_key.get_secret_value()
+        middleware.append(Middleware(APIKeyMiddleware, api_key=key, also=frozenset({"/metrics"})))
     return Starlette(
         routes=[
             # this order is also the order of /openapi.json's paths and tags
             *health.routes,
             *openapi.routes,
+            *metrics.routes,
             *models.routes,
             *chat.routes,
             *responses.routes,

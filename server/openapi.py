@@ -36,6 +36,8 @@ def documented_routes(routes: Iterable[BaseRoute]) -> list[ApiRoute]:
 #: where pomar's wire format deliberately differs from OpenAI's
 EXTENSIONS: tuple[dict[str, str], ...] = (
     {"where": "GET /health, GET /openapi.json", "what": "pomar endpoints, open without a key."},
+    {"where": "GET /metrics", "what": "a pomar endpoint: Prometheus metrics (text format), "
+     "behind the API key when one is set."},
     {"where": "Model.loaded", "what": "whether the model is in memory now (null for the "
      "embedding model); a request for an unloaded model loads it first."},
     {"where": "Model.parent", "what": "the base model of a fine-tuned or checkpoint model."},
@@ -203,7 +205,7 @@ def build_openapi(routes: Iterable[BaseRoute]) -> dict[str, Any]:
     notes = "; ".join(f"{e['where']}: {e['what']}" for e in EXTENSIONS)
     about = "An OpenAI-compatible local inference and fine-tuning server. The /v1 operations "
     about += f"follow OpenAI's API; deliberate differences (`x-pomar-extensions`): {notes}"
-    key = "The API key (`--api-key`, POMAR_API_KEY), required on /v1 when set."
+    key = "The API key (`--api-key`, POMAR_API_KEY), required on /v1 and /metrics when set."
     return {
         "openapi": "3.1.0",
         "info": {"title": "pomar", "version": release, "description": about},

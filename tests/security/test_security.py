@@ -48,12 +48,15 @@ V1_ROUTES = v1_routes()
 
 #: the only routes outside `/v1`, open without the key: they serve no user data
 OPEN_ROUTES = {"/health", "/openapi.json"}
+#: routes outside `/v1` behind the key all the same
+KEYED_ROUTES = {"/metrics"}
 
 
 def test_only_known_routes_are_outside_v1() -> None:
     app = create_app(Settings(model="unused", home=Path("/nonexistent")))
     outside = {r.path for r in app.routes if isinstance(r, Route) and not r.path.startswith("/v1")}
-    assert outside <= OPEN_ROUTES, outside - OPEN_ROUTES
+    known = OPEN_ROUTES | KEYED_ROUTES
+    assert outside <= known, outside - known
 
 
 def test_every_v1_route_is_enumerated() -> None:
@@ -176,6 +179,15 @@ def test_the_key_opens_the_routes_and_health_stays_open(keyed: LiveServer) -> No
         assert status != 401, (method, path)
     status, _ = raw_request(keyed, "GET", "/v1/models", {"Authorization": f"bearer {API_KEY}"})
     assert status == 200  # the scheme is case-insensitive (RFC 7235)
+
+
+@pytest.mark.parametrize("target", ["/metrics", "/metrics/", "//metrics", "/%6detrics", "/METRICS"])
+def test_metrics_need_the_key_however_spelled(keyed: LiveServer, target: str) -> None:
+    status, body = raw_request(keyed, "GET", target)
+    assert status in (401, 404, 307), (target, status, body[:200])
+    assert b"pomar_" not in body
+    if status == 401:
+        assert httpx.Response(401, content=body).json()["error"]["code"] == "invalid_api_key"
 
 
 @pytest.mark.parametrize(
