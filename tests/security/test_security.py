@@ -47,7 +47,8 @@ V1_ROUTES = v1_routes()
 
 
 #: the only routes outside `/v1`, open without the key: they serve no user data
-OPEN_ROUTES = {"/health", "/openapi.json"}
+#: the console's page and its static files load without the key (its API calls carry it)
+OPEN_ROUTES = {"/health", "/openapi.json", "/", "/console/{asset}"}
 #: routes outside `/v1` behind the key all the same
 KEYED_ROUTES = {"/metrics"}
 
