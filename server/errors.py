@@ -128,6 +128,14 @@ class ModelBusy(PomarError):
     code = "model_busy"
 
 
+class ModelInUse(PomarError):
+    """A model asked to unload while requests use it (409); nothing is unloaded."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "model_in_use"
+
+
 class ModelLoadFailed(PomarError):
     """Loading a model on demand failed (the reason is in the server log, not the reply)."""
 

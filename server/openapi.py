@@ -176,6 +176,8 @@ def _operation(op: Operation, refs: Refs, defs: dict[str, Any]) -> dict[str, Any
         # a public operation answers 404 too where its path names something
         if status == "500" or not op.public or (status == "404" and op.path_params):
             out["responses"][status] = {"description": why, "content": _json(error)}
+    for status, why in op.errors.items():
+        out["responses"][status] = {"description": why, "content": _json(error)}
     return out
 
 

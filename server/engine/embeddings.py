@@ -158,6 +158,14 @@ class EmbeddingModel:
 
         self._loading.add_done_callback(report)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether its weights are in memory (loaded without error)."""
+        future = self._loading
+        if future is None or not future.done() or future.cancelled():
+            return False
+        return future.exception() is None
+
     async def engine(self) -> EmbeddingEngine:
         """The loaded engine: the first call starts the load; every call waits for it."""
         self.start()

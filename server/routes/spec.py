@@ -28,7 +28,8 @@ class Operation:
     `stream`: the SSE chunk model; `binary`: answers raw bytes (of `media_type`); `public`: no key;
     `path_params`: each path parameter's description, by name; `named_events`: each SSE
     event is named by its type (`event:`) and no `data: [DONE]` ends the stream (Anthropic's
-    wire); `error`: the error body's model (default: OpenAI's envelope).
+    wire); `error`: the error body's model (default: OpenAI's envelope); `errors`: statuses
+    beyond the usual ones that this operation answers (status -> why), in the error body.
     """
 
     operation_id: str
@@ -47,6 +48,7 @@ class Operation:
     error: type[BaseModel] | None = None
     #: the media type of a `binary` answer
     media_type: str = "application/octet-stream"
+    errors: Mapping[str, str] = field(default_factory=dict)
 
 
 class ApiRoute(Route):
@@ -85,6 +87,7 @@ def api_route(
     named_events: bool = False,
     error: type[BaseModel] | None = None,
     media_type: str = "application/octet-stream",
+    errors: Mapping[str, str] | None = None,
 ) -> ApiRoute:
     """A route for `method` on `path`, documented by the rest (see `Operation`)."""
     operation = Operation(
@@ -103,5 +106,6 @@ def api_route(
         named_events=named_events,
         error=error,
         media_type=media_type,
+        errors=dict(errors or {}),
     )
     return ApiRoute(path, endpoint, method, operation)

@@ -150,6 +150,16 @@ def test_the_page_loads_without_the_key_and_asks_for_it(page: Any, server: LiveS
     row.wait_for()
     assert "base" in row.inner_text()
     assert page.evaluate("sessionStorage.getItem('pomar.apiKey')") == API_KEY
+    # its facts (GET /v1/pomar/models), and Unload then Load change its state
+    assert row.locator("td[data-col=format]").inner_text().startswith("hf")
+    assert row.locator("td[data-col=size]").inner_text().endswith(("KiB", "MiB", "GiB"))
+    page.click(f"button[aria-label='Unload {server.model}']")
+    page.locator(f"tr[data-model='{server.model}'][data-loaded=false]").wait_for()
+    assert "not loaded" in row.locator("td[data-col=state]").inner_text()
+    assert "needs" in row.locator("td[data-col=memory]").inner_text()
+    page.click(f"button[aria-label='Load {server.model}']")
+    page.locator(f"tr[data-model='{server.model}'][data-loaded=true]").wait_for()
+    assert "in use" in row.locator("td[data-col=memory]").inner_text()
     # the key is asked once per tab: another page does not ask again
     page.click("nav a[data-page=data]")
     page.locator("h1", has_text="Data").wait_for()
