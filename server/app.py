@@ -229,7 +229,11 @@ async def load_default_model(settings: Settings, engine: Engine | None) -> Loade
     log.info("backend: %s (%s)", backend, why)
     spec = ModelSpec(settings.model, path, backend, int(time.time()), pinned=True, options=options)
     model = await load_model(spec, settings)
-    model.memory = await asyncio.to_thread(serving_memory, path, model.engine.backend)
+    measure = getattr(model.engine, "resident_bytes", None)  # a runner's, measured
+    measured: int | None = measure() if measure is not None else None
+    if measured is None:
+        measured = await asyncio.to_thread(serving_memory, path, model.engine.backend)
+    model.memory = measured
     return model
 
 
@@ -266,9 +270,18 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
         else _pick(own.draft_tokens, settings.draft_tokens),
     }
     try:
-        engine = await worker.call(
-            lambda: load_engine(spec.backend, spec.path, options, context=own.context, draft=draft)
-        )
+        if settings.engine_process:
+            from server.engine.runner.remote import RemoteEngine, runner_load
+
+            load = runner_load(spec.backend, spec.path, options, own.context, draft)
+            # started here, on the event loop's thread: the runner dies with its starter
+            engine: Engine = await asyncio.to_thread(RemoteEngine(spec.id, load).wait_ready)
+        else:
+            engine = await worker.call(
+                lambda: load_engine(
+                    spec.backend, spec.path, options, context=own.context, draft=draft
+                )
+            )
     except BaseException:
         worker.close()
         raise

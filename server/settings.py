@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         8, ge=1, le=256, description="Concurrent requests decoded together (MLX and GGUF engines)."
     )
+    engine_process: bool = Field(
+        False,
+        description="Run each loaded model's engine in its own runner process: a native "
+        "crash there costs its requests (503 engine_crashed), never the server, and the "
+        "model loads again on the next request (docs/engines.md).",
+    )
     speculative: Literal["off", "ngram", "draft"] = Field(
         "off",
         description="Speculative decoding on the GGUF engine: 'ngram' drafts the next tokens "

@@ -122,12 +122,22 @@ class GrammarCompiler:
                 f"Invalid or unsupported schema: {_first_line(prototype.get_error())}",
                 param=grammar.param,
             )
-        vocab, eos = self._tokenizer.vocab_size, self._eos
+        return GrammarFactory(prototype, self._eos, self._tokenizer.vocab_size, grammar)
 
-        def make() -> TokenConstraint:
-            return GrammarConstraint(prototype.deep_copy(), eos, vocab)
 
-        return make
+@dataclass(frozen=True)
+class GrammarFactory:
+    """Makes a fresh constraint per completion from a compiled grammar. It keeps the
+    grammar's source, so an engine in another process (server.engine.runner) compiles the
+    same grammar where the logits are."""
+
+    prototype: Any
+    eos: frozenset[int]
+    vocab: int
+    grammar: Grammar
+
+    def __call__(self) -> TokenConstraint:
+        return GrammarConstraint(self.prototype.deep_copy(), self.eos, self.vocab)
 
 
 # per tokenizer (dropped with it), then per end-of-turn set

@@ -134,6 +134,18 @@ class GenerationWorker:
         finally:
             job.cancel.set()
 
+    def submit(
+        self,
+        produce: Callable[[Callable[[], bool]], Iterator[Any]],
+        push: Callable[[tuple[str, Any]], None],
+    ) -> threading.Event:
+        """Queue `produce(should_stop)` with no event loop: `push((kind, value))` gets each
+        item ("item"), then "done" or "error", on the worker thread. Setting the returned
+        event cancels it (an engine runner's requests, server.engine.runner)."""
+        job: _Job[Any] = _Job(produce, push)
+        self._jobs.put(job)
+        return job.cancel
+
     def close(self) -> None:
         """Stop the thread after the jobs already queued."""
         self._jobs.put(None)

@@ -36,6 +36,8 @@ from server.models.residency import (
     rss_bytes,
     wait_until,
 )
+from server.models.store import CatalogEntry
+from server.models.supervision import Supervisor
 
 log = logging.getLogger("pomar")
 GB = 1e9
@@ -59,6 +61,8 @@ class ModelRegistry:
         #: ids served by another endpoint (the embedding model): naming one here is a 400
         self._elsewhere: dict[str, str] = {}
         self._load_lock = asyncio.Lock()
+        #: engine runners that died (engine_process): restarts, back-off, failed models
+        self.supervisor = Supervisor()
 
     # ----------------------------------------------------------------- what is known
 
@@ -143,6 +147,15 @@ class ModelRegistry:
                 rows[ad.id] = Listing(ad.id, ad.created, parent, ad.base_id in self._loaded)
         return list(rows.values())
 
+    def entry(self, model_id: str) -> CatalogEntry | None:
+        """The store's entry for a model (None: not in the store, say a start-up path)."""
+        return self._catalog.get(model_id) if self._catalog is not None else None
+
+    @property
+    def budget(self) -> int | None:
+        """The memory budget in bytes (POMAR_MAX_MEMORY), None without residency."""
+        return self._residency.budget if self._residency is not None else None
+
     def loaded(self) -> list[LoadedModel]:
         """The base models loaded now, oldest load first."""
         return list(self._loaded.values())
@@ -169,7 +182,14 @@ class ModelRegistry:
         """The model, loaded if it was not, held until the lease is released."""
         ad = self._adapters.get(model_id)
         base_id = ad.base_id if ad else model_id
+        self.supervisor.check(base_id)
         base = self._loaded.get(base_id)
+        how = getattr(base.engine, "crashed", None) if base is not None else None
+        if base is not None and how is not None:
+            served = int(getattr(base.engine, "completed", 0))
+            await self.unload(base_id, f"its runner died: {how}")
+            await self.supervisor.before_restart(base_id, how, served)
+            base = self._loaded.get(base_id)  # another request may have restarted it
         if base is None:
             base = await self._load(self.spec(base_id))
         base.leases += 1
@@ -224,7 +244,11 @@ class ModelRegistry:
                 raise ModelLoadFailed(
                     f"Model '{spec.id}' could not be loaded; the server log says why."
                 ) from None
-            model.memory = need
+            # a runner's memory is measured once it is loaded (engine_process): that,
+            # not the estimate, is what it holds
+            measure = getattr(model.engine, "resident_bytes", None)
+            measured = measure() if measure is not None else None
+            model.memory = measured or need
             self._loaded[spec.id] = model
             log.info(
                 "loaded %s on %s in %.1f s: ~%.2f GB reckoned, resident memory %+.2f GB "
@@ -268,6 +292,9 @@ class ModelRegistry:
             return
         model.worker.close()
         await asyncio.to_thread(model.worker.join)
+        close = getattr(model.engine, "close", None)  # a runner process (engine_process)
+        if close is not None:
+            await asyncio.to_thread(close)
         del model
         gc.collect()
         _clear_mlx_cache()

@@ -70,6 +70,9 @@ class EngineStats(OpenAIModel):
     #: speculative decoding: tokens drafted, and how many the model confirmed
     drafted_tokens: int | None = None
     accepted_tokens: int | None = None
+    #: engine_process: the runner's process id, and how often it was restarted
+    runner_pid: int | None = None
+    runner_restarts: int | None = None
 
 
 class Health(OpenAIModel):
@@ -80,3 +83,5 @@ class Health(OpenAIModel):
     backend: str
     loaded: list[str]
     engines: list[EngineStats] = []
+    #: models marked failed (their engine runner kept dying), and how it last died
+    failed: dict[str, str] = {}

@@ -14,9 +14,16 @@ async def health(request: Request) -> Response:
     services = request.app.state.services
     default = services.registry.default()
     models = services.registry.loaded()
-    engines = [{"model": m.id, "backend": m.engine.backend, **m.engine.stats()} for m in models]
+    restarts = services.registry.supervisor.restarts
+    engines = []
+    for m in models:
+        stats = {"model": m.id, "backend": m.engine.backend, **m.engine.stats()}
+        if "runner_pid" in stats:
+            stats["runner_restarts"] = restarts.get(m.id, 0)
+        engines.append(stats)
     body = {"status": "ok", "model": default.id, "backend": default.backend}
-    return ok({**body, "loaded": [m.id for m in models], "engines": engines})
+    failed = services.registry.supervisor.failed()
+    return ok({**body, "loaded": [m.id for m in models], "engines": engines, "failed": failed})
 
 
 routes = [

@@ -1,0 +1,301 @@
+"""An engine that runs in a runner process: the server's side of `child.py`.
+
+`RemoteEngine` is an `Engine` like the in-process ones, so the services, the worker and
+the generation pipeline (detokenizing, stop strings, parsers) do not change: its
+`token_stream` sends the request to the runner and yields the `Sampled` items that come
+back. A reader thread routes the runner's batches to each request's queue. When the
+runner dies (a signal, the OOM killer, an exit), every request in flight ends with
+`EngineCrashed` (503, naming the model and the signal) and `crashed` says how; the model
+registry loads a new runner for the next request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
+from server.engine.runner.wire import (
+    Call,
+    Cancel,
+    Event,
+    Failure,
+    GrammarSource,
+    Load,
+    LoadFailed,
+    Ready,
+    Submit,
+)
+from server.engine.worker import job_state
+from server.errors import EngineError, ModelLoadError, PomarError
+
+log = logging.getLogger(__name__)
+
+#: how long a stream waits for its runner's next item before letting the worker serve
+#: the other streams (PAUSE); well under a token's decode time
+WAIT_S = 0.005
+
+
+class EngineCrashed(PomarError):
+    """The model's runner process died while serving the request (503)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "engine_crashed"
+
+
+class RemoteEngine(Engine):
+    """The engine of one loaded model, in its own process."""
+
+    def __init__(self, name: str, load: Load) -> None:
+        """Start the runner; `wait_ready` then waits for its engine.
+
+        Start it on a thread that lives as long as the server (the event loop's): on
+        Linux the runner is killed when the thread that started it ends."""
+        self.name = name
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "server.models.runner", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send(load)
+        #: how the runner died (e.g. "signal SIGSEGV"); None while it runs
+        self.crashed: str | None = None
+        #: requests the runner completed (a death after some is not "in a row")
+        self.completed = 0
+        self._ids = itertools.count(1)
+        self._inboxes: dict[int, queue.SimpleQueue[Event]] = {}
+        self._lock = threading.Lock()
+
+    def wait_ready(self) -> RemoteEngine:
+        """Block until the runner loaded the model; `ModelLoadError` when it could not."""
+        try:
+            ready = self._conn.recv()
+        except (EOFError, OSError):
+            self._process.wait()
+            ready = LoadFailed(f"the runner died while loading ({self._how()})")
+        if not isinstance(ready, Ready):
+            self.close()
+            raise ModelLoadError(f"{self.name}: {ready.message}")
+        self.info = ready
+        self.backend = ready.backend
+        self.model_path = ready.model_path
+        self.tokenizer = ready.tokenizer
+        self.eos_token_ids = ready.eos_token_ids
+        self.pid = ready.pid
+        self._reader = threading.Thread(target=self._read, name=f"runner-{self.name}", daemon=True)
+        self._reader.start()
+        return self
+
+    # ------------------------------------------------------------------ engine
+
+    @property
+    def context_length(self) -> int:
+        return self.info.context_length
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.info.max_concurrency
+
+    def describe(self) -> str:
+        return f"{self.info.description}, in runner process {self.pid}"
+
+    def activate_adapter(self, adapter_dir: Path | None) -> None:
+        # applied in the runner with each request: remember this job's choice
+        job_state()["remote_adapter"] = str(adapter_dir) if adapter_dir else None
+
+    def token_stream(
+        self, prompt_ids: list[int], params: GenerationParams, should_stop: ShouldStop
+    ) -> Iterator[Sampled]:
+        grammar = _grammar_of(params)
+        message = Submit(
+            request=next(self._ids),
+            prompt_ids=list(prompt_ids),
+            params=replace(params, constraint=None),
+            grammar=grammar,
+            adapter=job_state().get("remote_adapter"),
+        )
+        inbox = self._open(message.request)
+        finished = tokens = False
+        try:
+            self._send(message)
+            while True:
+                try:
+                    event = inbox.get(timeout=WAIT_S)
+                except queue.Empty:
+                    if should_stop():
+                        return
+                    yield PAUSE  # let the worker advance the other streams meanwhile
+                    continue
+                if event.kind == "item":
+                    tokens = True
+                    yield event.value
+                elif event.kind == "done":
+                    finished = True
+                    return
+                else:
+                    finished = True
+                    tokens = False
+                    raise rebuild(event.value, self.name)
+        finally:
+            if not finished and self.crashed is None:
+                self._send(Cancel(message.request))
+            self._close(message.request)
+            if tokens and self.crashed is None:
+                self.completed += 1  # served (the caller may stop before the engine ends)
+
+    def score(self, prompt_ids: list[int], top: int) -> list[Sampled]:
+        value: list[Sampled] = self._call("score", list(prompt_ids), top)
+        return value
+
+    def stats(self) -> dict[str, int]:
+        """The runner engine's figures (answered at once, beside its generations), and
+        the runner's pid."""
+        if self.crashed is not None:
+            return {"max_batch_size": self.max_concurrency}
+        value: dict[str, int] = self._call("stats")
+        return {**value, "runner_pid": self.pid}
+
+    def resident_bytes(self) -> int | None:
+        """The runner's resident memory (Linux: /proc), for the residency budget."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+    def clear_cache(self) -> None:
+        """Forget the runner engine's prompt cache (where it has one)."""
+        self._call("clear_cache")
+
+    # ------------------------------------------------------------------ process
+
+    def close(self) -> None:
+        """Stop the runner (unloading the model): it exits when its socket closes."""
+        self._conn.close()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def _call(self, method: str, *args: Any) -> Any:
+        message = Call(next(self._ids), method, args, job_state().get("remote_adapter"))
+        inbox = self._open(message.request)
+        try:
+            self._send(message)
+            event = inbox.get()
+        finally:
+            self._close(message.request)
+        if event.kind == "error":
+            raise rebuild(event.value, self.name)
+        return event.value
+
+    def _open(self, request: int) -> queue.SimpleQueue[Event]:
+        inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        with self._lock:
+            if self.crashed is not None:
+                raise self._crash_error()
+            self._inboxes[request] = inbox
+        return inbox
+
+    def _close(self, request: int) -> None:
+        with self._lock:
+            self._inboxes.pop(request, None)
+
+    def _send(self, message: Any) -> None:
+        try:
+            with self._lock:
+                self._conn.send(message)
+        except OSError:
+            pass  # the runner is gone: the reader reports it to every open request
+
+    def _read(self) -> None:
+        while True:
+            try:
+                batch: list[Event] = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                for event in batch:
+                    inbox = self._inboxes.get(event.request)
+                    if inbox is not None:
+                        inbox.put(event)
+        self._process.wait()
+        with self._lock:
+            self.crashed = self._how()
+            inboxes, self._inboxes = self._inboxes, {}
+        if inboxes or self._process.returncode != 0:
+            log.error("the runner of %s died (%s)", self.name, self.crashed)
+        error = Failure("EngineCrashed", self.crashed)
+        for request, inbox in inboxes.items():
+            inbox.put(Event(request, "error", error))
+
+    def _how(self) -> str:
+        code = self._process.poll()
+        if code is None:
+            return "its connection closed"
+        if code < 0:
+            try:
+                return f"signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"signal {-code}"
+        return f"exit code {code}"
+
+    def _crash_error(self) -> EngineCrashed:
+        return EngineCrashed(
+            f"The engine of model '{self.name}' crashed ({self.crashed}); the request was "
+            "lost. The model is loaded again for the next request."
+        )
+
+
+def _grammar_of(params: GenerationParams) -> GrammarSource | None:
+    from server.engine.constraints import GrammarFactory
+
+    factory = params.constraint
+    if factory is None:
+        return None
+    if not isinstance(factory, GrammarFactory):
+        raise EngineError("this constraint cannot be sent to an engine runner")
+    return GrammarSource(factory.grammar.text, factory.grammar.param, factory.eos)
+
+
+def rebuild(failure: Failure, model: str) -> PomarError:
+    """The runner's exception as the server reports it: an API error keeps its status,
+    code and param; anything else is a 500 without internals (logged here)."""
+    if failure.kind == "EngineCrashed":
+        return EngineCrashed(
+            f"The engine of model '{model}' crashed ({failure.message}); the request was "
+            "lost. The model is loaded again for the next request."
+        )
+    details = failure.details
+    if "status_code" in details:
+        error = PomarError(failure.message, param=details.get("param"), code=details.get("code"))
+        error.status_code = int(details["status_code"])
+        error.error_type = str(details.get("error_type", "server_error"))
+        return error
+    log.error("engine error in the runner of %s: %s: %s", model, failure.kind, failure.message)
+    return EngineError("The engine failed while generating.")
+
+
+def runner_load(
+    backend: str, path: Path, options: dict[str, int], context: int | None, draft: Path | None
+) -> Load:
+    """The `Load` message for `load_engine`'s arguments."""
+    return Load(backend, str(path), dict(options), context, str(draft) if draft else None)

@@ -1,0 +1,204 @@
+"""An engine runner: `python -m server.models.runner FD` (see server.engine.runner.remote).
+
+Loads one engine, then serves the server's messages (`wire.py`) over the socket `FD`:
+generations run on a `GenerationWorker` (interleaved up to the engine's batch size, as in
+the server process), their items go back in batches. A runner dies with the server (the
+socket closes; on Linux the kernel kills it too).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from server.engine.base import PAUSE, Engine, GenerationParams
+from server.engine.runner.wire import (
+    Call,
+    Cancel,
+    Event,
+    Failure,
+    Load,
+    LoadFailed,
+    Ready,
+    Submit,
+)
+from server.engine.worker import GenerationWorker
+
+log = logging.getLogger("pomar.runner")
+
+
+class Outbox:
+    """Items from the worker thread, sent to the server in batches by one thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._items: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._send, name="runner-out", daemon=True)
+        self._thread.start()
+
+    def put(self, event: Event) -> None:
+        self._items.put(event)
+
+    def _send(self) -> None:
+        while (first := self._items.get()) is not None:
+            batch = [first]
+            while True:  # everything made meanwhile rides along
+                try:
+                    more = self._items.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._conn.send(batch)
+                    return
+                batch.append(more)
+            try:
+                self._conn.send(batch)
+            except OSError:
+                os._exit(0)  # the server is gone
+
+
+def failure(exc: BaseException) -> Failure:
+    """An exception as the server rebuilds it (type, message, and an API error's fields)."""
+    details = {
+        name: getattr(exc, name)
+        for name in ("status_code", "error_type", "code", "param")
+        if isinstance(getattr(exc, name, None), (str, int))
+    }
+    return Failure(type(exc).__name__, str(exc), details)
+
+
+class Runner:
+    """The engine, its worker, and the requests in flight."""
+
+    def __init__(self, engine: Engine, outbox: Outbox) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self.worker = GenerationWorker("runner", engine.max_concurrency)
+        self.cancels: dict[int, threading.Event] = {}
+
+    def submit(self, message: Submit) -> None:
+        engine = self.engine
+
+        def produce(should_stop: Callable[[], bool]) -> Iterator[Any]:
+            params = message.params
+            if message.grammar is not None:
+                params = _with_grammar(engine, params, message.grammar)
+            _adapter(engine, message.adapter)
+            yield from engine.token_stream(message.prompt_ids, params, should_stop)
+
+        self._run(message.request, produce)
+
+    def call(self, message: Call) -> None:
+        engine = self.engine
+
+        def produce(_stop: Callable[[], bool]) -> Iterator[Any]:
+            _adapter(engine, message.adapter)
+            yield getattr(engine, message.method)(*message.args)
+
+        self._run(message.request, produce)
+
+    def cancel(self, message: Cancel) -> None:
+        event = self.cancels.get(message.request)
+        if event is not None:
+            event.set()
+
+    def _run(self, request: int, produce: Callable[[Callable[[], bool]], Iterator[Any]]) -> None:
+        def push(item: tuple[str, Any]) -> None:
+            kind, value = item
+            if value is PAUSE:
+                return  # the runner's own worker turn, nothing for the server
+            if kind == "error":
+                value = failure(value)
+            if kind != "item":
+                self.cancels.pop(request, None)
+            self.outbox.put(Event(request, kind, value))
+
+        self.cancels[request] = self.worker.submit(produce, push)
+
+
+def _with_grammar(engine: Engine, params: GenerationParams, source: Any) -> GenerationParams:
+    from dataclasses import replace
+
+    from server.engine.constraints import Grammar, compiler_for
+
+    compiler = compiler_for(engine.tokenizer, source.eos, source.param)
+    return replace(params, constraint=compiler.compile(Grammar(source.text, source.param)))
+
+
+def _adapter(engine: Engine, adapter: str | None) -> None:
+    """Every request names its adapter (None: the bare base), as the server process does:
+    the engine keeps the choice in this job's own state (jobs interleave on the thread)."""
+    try:
+        engine.activate_adapter(Path(adapter) if adapter else None)
+    except NotImplementedError:
+        if adapter is not None:
+            raise
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def main(argv: list[str]) -> int:
+    """Load the engine the first message names, then serve until the socket closes."""
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s runner: %(message)s")
+    conn = Connection(socket.socket(fileno=int(argv[0])).detach())
+    load: Load = conn.recv()
+    try:
+        from server.models.loading import load_engine
+
+        engine = load_engine(
+            load.backend,
+            Path(load.path),
+            load.options,
+            context=load.context,
+            draft=Path(load.draft) if load.draft else None,
+        )
+    except Exception as exc:
+        log.exception("could not load %s", load.path)
+        conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
+        return 1
+    conn.send(
+        Ready(
+            backend=engine.backend,
+            model_path=str(engine.model_path),
+            tokenizer=engine.tokenizer,
+            eos_token_ids=frozenset(engine.eos_token_ids),
+            context_length=engine.context_length,
+            max_concurrency=engine.max_concurrency,
+            description=engine.describe(),
+            pid=os.getpid(),
+        )
+    )
+    runner = Runner(engine, Outbox(conn))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return 0  # the server closed its end
+        if isinstance(message, Submit):
+            runner.submit(message)
+        elif isinstance(message, Cancel):
+            runner.cancel(message)
+        elif isinstance(message, Call) and message.method == "stats":
+            # counters only: answered here, not queued behind the generations
+            runner.outbox.put(Event(message.request, "item", engine.stats()))
+        elif isinstance(message, Call):
+            runner.call(message)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
