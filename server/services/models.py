@@ -101,6 +101,9 @@ class ModelService:
     async def load(self, model_id: str) -> ModelDetails:
         """Load a model now (a fine-tune: its base), within the memory budget."""
         self._refuse_embedding(model_id, "load")
+        # loading on purpose clears a model marked failed (its engine runner kept dying)
+        ad = self._registry.adapter(model_id)
+        self._registry.supervisor.reset(ad.base_id if ad else model_id)
         # as its first request would: idle models make room, 400 model_too_large, 503
         lease = await self._registry.acquire(model_id)
         lease.release()

@@ -209,5 +209,10 @@ def test_a_model_whose_runner_keeps_dying_is_marked_failed(
         assert "3 times in a row" in failed.value.message
         assert live.model in health(live)["failed"]
         assert httpx.get(f"{live.base_url}/v1/models").status_code == 200  # the rest serves
+        # loading it on purpose clears the mark, and it serves again
+        loaded = httpx.post(f"{live.base_url}/v1/pomar/models/{live.model}/load")
+        assert loaded.status_code == 200, loaded.text
+        assert health(live)["failed"] == {}
+        assert client.chat.completions.create(model=live.model, messages=HI, max_tokens=3).choices
     finally:
         live.stop()
