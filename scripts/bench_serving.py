@@ -131,8 +131,12 @@ def start_server(kind: str, model: Path, max_batch: int) -> Server:
         cmd = [py, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "bench"]
         cmd += ["--n_ctx", "8192", "--n_threads", threads, "--host", "127.0.0.1"]
         return Server(kind, cmd, dict(os.environ), "bench")
-    backend = {"pomar-torch": "torch", "pomar-gguf": "gguf"}.get(kind, "mlx")
+    # `-runner`: the same, with the engine in its own runner process (POMAR_ENGINE_PROCESS)
+    runner = kind.endswith("-runner")
+    base = kind.removesuffix("-runner")
+    backend = {"pomar-torch": "torch", "pomar-gguf": "gguf"}.get(base, "mlx")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["POMAR_ENGINE_PROCESS"] = "1" if runner else "0"
     env.update(POMAR_MAX_BATCH_SIZE=str(max_batch), POMAR_HOME=tempfile.mkdtemp(prefix="bench-"))
     env["POMAR_EMBEDDING_MODEL"] = "none"
     cmd = [py, "-m", "server", "serve", "--model", str(model), "--backend", backend]
@@ -258,7 +262,10 @@ def bench_server(kind: str, args: argparse.Namespace, prefix: str) -> ServerRepo
             level = asyncio.run(run_level(server, c, requests, args.max_tokens))
             report.levels.append(level)
             print(f"  {kind} c={c}: {level.tok_s:.1f} tok/s, errors {level.errors}", flush=True)
-        if args.prefix_tokens > 0 and kind not in ("pomar-torch", "llama_cpp"):
+        if args.prefix_tokens > 0 and kind.removesuffix("-runner") not in (
+            "pomar-torch",
+            "llama_cpp",
+        ):
             cold, warm, cached = asyncio.run(prompt_cache_turns(server, prefix, args.cache_repeats))
             report.cache_cold_ttft, report.cache_warm_ttft, report.cached_tokens = (
                 cold,

@@ -79,10 +79,10 @@ def failure(exc: BaseException) -> Failure:
 class Runner:
     """The engine, its worker, and the requests in flight."""
 
-    def __init__(self, engine: Engine, outbox: Outbox) -> None:
+    def __init__(self, engine: Engine, worker: GenerationWorker, outbox: Outbox) -> None:
         self.engine = engine
         self.outbox = outbox
-        self.worker = GenerationWorker("runner", engine.max_concurrency)
+        self.worker = worker
         self.cancels: dict[int, threading.Event] = {}
 
     def submit(self, message: Submit) -> None:
@@ -144,6 +144,40 @@ def _adapter(engine: Engine, adapter: str | None) -> None:
             raise
 
 
+def _load(load: Load) -> Engine:
+    from server.models.loading import load_engine
+
+    return load_engine(
+        load.backend,
+        Path(load.path),
+        load.options,
+        context=load.context,
+        draft=Path(load.draft) if load.draft else None,
+    )
+
+
+def _on_worker(worker: GenerationWorker, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on the worker's thread and wait for its value (or its exception)."""
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def produce(_stop: Callable[[], bool]) -> Iterator[Any]:
+        yield fn()
+
+    def push(item: tuple[str, Any]) -> None:
+        kind, value = item
+        if kind in ("item", "error"):
+            result[kind] = value
+        if kind != "item":
+            done.set()
+
+    worker.submit(produce, push)
+    done.wait()
+    if "error" in result:
+        raise result["error"]
+    return result["item"]
+
+
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         import ctypes
@@ -157,20 +191,16 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s runner: %(message)s")
     conn = Connection(socket.socket(fileno=int(argv[0])).detach())
     load: Load = conn.recv()
+    # the engine loads on the worker thread that will run it: MLX streams belong to the
+    # thread that made them ("There is no Stream(cpu, 0) in current thread" otherwise)
+    worker = GenerationWorker("runner")
     try:
-        from server.models.loading import load_engine
-
-        engine = load_engine(
-            load.backend,
-            Path(load.path),
-            load.options,
-            context=load.context,
-            draft=Path(load.draft) if load.draft else None,
-        )
+        engine = _on_worker(worker, lambda: _load(load))
     except Exception as exc:
         log.exception("could not load %s", load.path)
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         return 1
+    worker.concurrency = engine.max_concurrency
     conn.send(
         Ready(
             backend=engine.backend,
@@ -183,7 +213,7 @@ def main(argv: list[str]) -> int:
             pid=os.getpid(),
         )
     )
-    runner = Runner(engine, Outbox(conn))
+    runner = Runner(engine, worker, Outbox(conn))
     while True:
         try:
             message = conn.recv()

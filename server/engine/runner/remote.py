@@ -72,8 +72,8 @@ class RemoteEngine(Engine):
         theirs.close()
         self._conn = Connection(ours.detach())
         self._conn.send(load)
-        #: how the runner died (e.g. "signal SIGSEGV"); None while it runs
-        self.crashed: str | None = None
+        self._crashed: str | None = None
+        self._closed = threading.Event()  # the runner's end of the socket closed
         #: requests the runner completed (a death after some is not "in a row")
         self.completed = 0
         self._ids = itertools.count(1)
@@ -99,6 +99,15 @@ class RemoteEngine(Engine):
         self._reader = threading.Thread(target=self._read, name=f"runner-{self.name}", daemon=True)
         self._reader.start()
         return self
+
+    @property
+    def crashed(self) -> str | None:
+        """How the runner died (e.g. "signal SIGSEGV"); None while it runs. Seen at once:
+        a dead process (before the reader thread reads its socket's end) or a closed
+        socket (`poll` cannot tell while the reader thread is reaping it)."""
+        if self._crashed is None and (self._closed.is_set() or self._process.poll() is not None):
+            return self._how()
+        return self._crashed
 
     # ------------------------------------------------------------------ engine
 
@@ -210,7 +219,7 @@ class RemoteEngine(Engine):
     def _open(self, request: int) -> queue.SimpleQueue[Event]:
         inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         with self._lock:
-            if self.crashed is not None:
+            if self._crashed is not None:
                 raise self._crash_error()
             self._inboxes[request] = inbox
         return inbox
@@ -231,6 +240,7 @@ class RemoteEngine(Engine):
             try:
                 batch: list[Event] = self._conn.recv()
             except (EOFError, OSError):
+                self._closed.set()
                 break
             with self._lock:
                 for event in batch:
@@ -239,11 +249,11 @@ class RemoteEngine(Engine):
                         inbox.put(event)
         self._process.wait()
         with self._lock:
-            self.crashed = self._how()
+            self._crashed = self._how()
             inboxes, self._inboxes = self._inboxes, {}
         if inboxes or self._process.returncode != 0:
             log.error("the runner of %s died (%s)", self.name, self.crashed)
-        error = Failure("EngineCrashed", self.crashed)
+        error = Failure("EngineCrashed", self._crashed or "")
         for request, inbox in inboxes.items():
             inbox.put(Event(request, "error", error))
 
