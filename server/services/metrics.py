@@ -22,7 +22,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from server.models.registry import ModelRegistry
 from server.models.residency import rss_bytes
@@ -155,14 +155,22 @@ class LiveState:
         memory = GaugeMetricFamily(
             "pomar_model_memory_bytes",
             "Memory a loaded model holds as the residency budget reckons it (an estimate "
-            "made before loading; engines run in the server process), by model.",
+            "made before loading; with engine runners, the runner's measured RSS), by model.",
             labels=["model", "backend"],
+        )
+        restarts = CounterMetricFamily(
+            "pomar_runner_restarts",
+            "Engine runner processes started again after one died (engine_process), by model.",
+            labels=["model"],
         )
         for model in self.models.loaded() if self.models is not None else []:
             queued.add_metric([model.id], model.worker.queued)
             running.add_metric([model.id], model.worker.running)
             memory.add_metric([model.id, model.engine.backend], model.memory)
-        yield from (queued, running, memory)
+        supervisor = getattr(self.models, "supervisor", None)
+        for model_id, count in (supervisor.restarts if supervisor else {}).items():
+            restarts.add_metric([model_id], count)
+        yield from (queued, running, memory, restarts)
         jobs = GaugeMetricFamily(
             "pomar_fine_tuning_jobs", "Fine-tuning jobs by status.", labels=["status"]
         )

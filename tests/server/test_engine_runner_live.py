@@ -124,6 +124,8 @@ def test_a_runner_killed_mid_stream_fails_its_requests_and_restarts(
     assert reply.choices[0].message.content is not None
     after = health(server)["engines"][0]
     assert after["runner_pid"] != pid and after["runner_restarts"] == restarts + 1
+    scrape = httpx.get(f"{server.base_url}/metrics").text
+    assert f'pomar_runner_restarts_total{{model="{server.model}"}} {restarts + 1}.0' in scrape
 
 
 def test_a_non_streamed_request_gets_a_503(server: LiveServer, endless: dict[str, int]) -> None:
