@@ -316,9 +316,11 @@ def test_errors_in_anthropic_shape(server: LiveServer) -> None:
     assert "x-api-key" in _error(denied, "authentication_error")
     # the key as a bearer token (ANTHROPIC_AUTH_TOKEN) is accepted too
     bearer = anthropic.Anthropic(base_url=server.base_url, auth_token=API_KEY, max_retries=0)
-    # (one sampled token of the tiny model may have no text: the answer itself is checked)
+    # (the tiny model's one sampled token may be its end token, with no text and no output
+    # token: what is checked is that the bearer key got a real answer)
     reply = bearer.messages.create(model=server.model, messages=HELLO, max_tokens=1)
-    assert reply.role == "assistant" and reply.usage.output_tokens == 1
+    assert reply.type == "message" and reply.role == "assistant"
+    assert reply.usage.input_tokens > 0 and reply.stop_reason in ("max_tokens", "end_turn")
     refused: list[dict[str, Any]] = [
         {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
         {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
