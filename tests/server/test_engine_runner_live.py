@@ -218,3 +218,59 @@ def test_a_model_whose_runner_keeps_dying_is_marked_failed(
         assert client.chat.completions.create(model=live.model, messages=HI, max_tokens=3).choices
     finally:
         live.stop()
+
+
+def test_another_models_streams_finish_when_one_runner_dies(
+    tiny_model_path: Path, tmp_path: Path, endless: dict[str, int]
+) -> None:
+    """Two models, two runners: killing one fails its own stream only."""
+    import shutil
+
+    from server.models import ModelCatalog
+
+    catalog = ModelCatalog(tmp_path / "models")
+
+    def copy(folder: Path) -> None:
+        for item in tiny_model_path.iterdir():
+            if item.is_file():
+                shutil.copy2(item, folder / item.name)
+
+    catalog.add("tiny-b", copy, format="hf", source="imported", origin="test", precision="fp32")
+    live = LiveServer(
+        model=str(tiny_model_path),
+        backend="mlx",
+        home=tmp_path,
+        env={"POMAR_ENGINE_PROCESS": "1"},
+    ).start()
+    try:
+        client = client_for(live)
+        client.chat.completions.create(model="tiny-b", messages=HI, max_tokens=2)  # load it
+        pids = {e["model"]: e["runner_pid"] for e in health(live)["engines"]}
+        assert set(pids) == {live.model, "tiny-b"} and len(set(pids.values())) == 2
+        outcome: dict[str, Any] = {}
+
+        def stream(model: str, max_tokens: int) -> None:
+            chunks = client.chat.completions.create(
+                model=model, messages=HI, max_tokens=max_tokens, stream=True, logit_bias=endless
+            )
+            try:
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                outcome[model] = ("finished", text)
+            except openai.APIError as exc:
+                outcome[model] = ("failed", str(exc))
+
+        doomed = threading.Thread(target=stream, args=(live.model, 4000))
+        other = threading.Thread(target=stream, args=("tiny-b", 300))
+        doomed.start()
+        other.start()
+        time.sleep(1.0)
+        os.kill(pids[live.model], signal.SIGKILL)
+        doomed.join(60)
+        other.join(120)
+        assert outcome[live.model][0] == "failed" and "engine_crashed" not in outcome["tiny-b"]
+        assert outcome["tiny-b"][0] == "finished" and outcome["tiny-b"][1]
+        # tiny-b's runner never noticed
+        after = {e["model"]: e.get("runner_pid") for e in health(live)["engines"]}
+        assert after["tiny-b"] == pids["tiny-b"]
+    finally:
+        live.stop()
