@@ -143,7 +143,9 @@ class RemoteEngine(Engine):
             self._send(message)
             while True:
                 try:
-                    event = inbox.get(timeout=WAIT_S)
+                    # another stream's item waiting: hand the worker over at once; else
+                    # wait here a little for ours (the runner sends a step's all together)
+                    event = inbox.get(block=not self._others_ready(inbox), timeout=WAIT_S)
                 except queue.Empty:
                     if should_stop():
                         return
@@ -215,6 +217,13 @@ class RemoteEngine(Engine):
         if event.kind == "error":
             raise rebuild(event.value, self.name)
         return event.value
+
+    def _others_ready(self, mine: queue.SimpleQueue[Event]) -> bool:
+        """Whether another open request has an item waiting (then a stream with none
+        yields to the worker at once instead of waiting for its own)."""
+        with self._lock:
+            inboxes = list(self._inboxes.values())
+        return any(inbox is not mine and not inbox.empty() for inbox in inboxes)
 
     def _open(self, request: int) -> queue.SimpleQueue[Event]:
         inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
