@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, Trainin
 from finetune.config import TrainConfig
 from finetune.data import batch_plan, load_examples, pad_token_id
 from finetune.evaluation import Evaluator, describe, greedy_cases, stop_token_ids
+from finetune.folders import remove_leftovers, write_dir_atomically
 from finetune.objective import Objective, Supervised
 
 logger = logging.getLogger(__name__)
@@ -123,7 +121,7 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
     if config.resume_from is not None:
         progress = _read_state(config.resume_from, fingerprint, len(plan))
 
-    _remove_leftovers(Path(config.out_dir))
+    remove_leftovers(Path(config.out_dir))
     backend = open_backend(config)
     if config.init_adapter is not None:
         backend.load_adapter_weights(config.init_adapter)
@@ -150,7 +148,7 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
             loop.checkpoint(progress, fingerprint)
     else:
         adapter = Path(config.out_dir) / "adapter"
-        _write_dir_atomically(adapter, backend.save_adapter)
+        write_dir_atomically(adapter, backend.save_adapter)
         if evaluator is not None:
             after = _evaluate(evaluator, "after", progress.step, callback)
     return TrainResult(
@@ -302,7 +300,7 @@ class _Loop:
                 state["evaluation_before"] = progress.evaluation_before
             (directory / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
-        _write_dir_atomically(target, write)
+        write_dir_atomically(target, write)
         metrics: dict[str, float] = {"step": float(progress.step)}
         for key in ("train_loss", "train_mean_token_accuracy", "valid_loss"):
             value = progress.latest(key)
@@ -389,67 +387,3 @@ def _read_state(checkpoint: Path, fingerprint: dict[str, Any], total: int) -> _P
         history=list(state["history"]),
         evaluation_before=state.get("evaluation_before"),
     )
-
-
-def _remove_leftovers(out_dir: Path) -> None:
-    """Half-written folders of a run that crashed mid-write (never valid checkpoints)."""
-    for folder in (out_dir, out_dir / "checkpoints"):
-        if folder.is_dir():
-            for path in folder.glob(".*"):
-                if ".tmp-" in path.name or ".old-" in path.name:
-                    shutil.rmtree(path, ignore_errors=True)
-
-
-#: what :func:`_write_dir_atomically` leaves when killed: `.<name>.tmp-<pid>` (a folder
-#: being written) and `.<name>.old-<pid>` (the one it replaces, moved aside)
-_PARTIAL = re.compile(r"\.(?P<name>[^/]+)\.(?P<kind>tmp|old)-\d+")
-
-
-def _write_dir_atomically(target: Path, write: Any) -> None:
-    """Build a folder under a temporary name beside ``target``, then swap it into place.
-
-    A process killed midway leaves the names :data:`_PARTIAL` matches, which
-    :func:`clean_partial_writes` tidies before a resume.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if target.exists():
-            # rename cannot replace a non-empty folder; move the old one aside first
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def clean_partial_writes(out_dir: Path) -> int:
-    """Tidy a training folder after a crash; returns how many half-written folders went.
-
-    A folder being written is deleted. A replaced folder moved aside is put back if the
-    kill came between the two renames (its new version never landed), else deleted.
-    """
-    removed = 0
-    for folder in (out_dir, out_dir / "checkpoints"):
-        if not folder.is_dir():
-            continue
-        for entry in sorted(folder.iterdir()):  # `.x.old-N` before `.x.tmp-N`
-            match = _PARTIAL.fullmatch(entry.name)
-            if match is None or not entry.is_dir():
-                continue
-            target = folder / match["name"]
-            if match["kind"] == "old" and not target.exists():
-                entry.rename(target)
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed += 1
-    return removed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune.trainer import clean_partial_writes
+from finetune.folders import clean_partial_writes
 
 
 def folder(path: Path, marker: str) -> Path:
