@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import select
-import signal
 import sys
 from pathlib import Path
 from typing import IO, Any
 
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from finetune.config import TrainConfig
+from server.engine.runner.process import die_with_parent
 
 
 class PipeCallback(TrainingCallback):
@@ -57,19 +57,9 @@ class PipeCallback(TrainingCallback):
         return self._stop
 
 
-def _die_with_parent() -> None:
-    """On Linux, have the kernel kill this process when the server dies (the stdin check
-    in `should_stop` covers the other systems, at the next step)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def main(argv: list[str]) -> int:
     """Train the config read from stdin; report to the descriptor `argv[0]`."""
-    _die_with_parent()
+    die_with_parent()  # elsewhere, `should_stop` sees stdin close at the next step
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from finetune.trainer import train
 

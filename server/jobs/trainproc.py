@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from finetune.config import TrainConfig
+from server.engine.runner.process import exit_description
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def train_in_child(
         return TrainResult(**values)
     if "error" in outcome:
         raise TrainerError(outcome["error"]["kind"], outcome["error"]["message"])
-    raise TrainerCrashed(_how(child.returncode))
+    raise TrainerCrashed(exit_description(child.returncode))
 
 
 def _relay(
@@ -145,12 +145,3 @@ def _close(child: subprocess.Popen[bytes]) -> None:
     if child.stdin is not None:
         with contextlib.suppress(OSError):
             child.stdin.close()
-
-
-def _how(returncode: int | None) -> str:
-    if returncode is not None and returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit code {returncode}"

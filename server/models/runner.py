@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import socket
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.base import PAUSE, Engine, GenerationParams
+from server.engine.runner.process import die_with_parent
 from server.engine.runner.wire import (
     Call,
     Cancel,
@@ -178,16 +178,9 @@ def _on_worker(worker: GenerationWorker, fn: Callable[[], Any]) -> Any:
     return result["item"]
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def main(argv: list[str]) -> int:
     """Load the engine the first message names, then serve until the socket closes."""
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s runner: %(message)s")
     conn = Connection(socket.socket(fileno=int(argv[0])).detach())
     load: Load = conn.recv()

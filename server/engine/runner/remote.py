@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
+from server.engine.runner.process import exit_description
 from server.engine.runner.wire import (
     Call,
     Cancel,
@@ -268,14 +268,7 @@ class RemoteEngine(Engine):
 
     def _how(self) -> str:
         code = self._process.poll()
-        if code is None:
-            return "its connection closed"
-        if code < 0:
-            try:
-                return f"signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"signal {-code}"
-        return f"exit code {code}"
+        return "its connection closed" if code is None else exit_description(code)
 
     def _crash_error(self) -> EngineCrashed:
         return EngineCrashed(
