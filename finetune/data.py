@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,21 +54,27 @@ class Batch:
     n_tokens: int  # real (non-padding) tokens in the batch
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a chat JSONL file (blank lines skipped), each with ``messages``."""
-    records: list[dict[str, Any]] = []
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a JSONL file; a line that is
+    not JSON is a `TrainingDataError` naming it."""
     with Path(path).open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise TrainingDataError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise TrainingDataError(f"{path}: line {line_no} has no 'messages' list")
-            records.append(record)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a chat JSONL file (blank lines skipped), each with ``messages``."""
+    records: list[dict[str, Any]] = []
+    for line_no, record in json_lines(path):
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise TrainingDataError(f"{path}: line {line_no} has no 'messages' list")
+        records.append(record)
     if not records:
         raise TrainingDataError(f"{path}: no examples")
     return records

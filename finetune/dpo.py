@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from finetune.backend import LoRABackend, PairOutput
-from finetune.data import Example, TrainingDataError, collate, tokenize_records
+from finetune.data import Example, TrainingDataError, collate, json_lines, tokenize_records
 from finetune.objective import Measured
 
 REFERENCE_FILE = "reference_logps.json"
@@ -48,20 +48,13 @@ class PairExample:
 def read_pair_records(path: Path) -> list[dict[str, Any]]:
     """The pairs of a preference JSONL file (blank lines skipped), each checked for shape."""
     pairs: list[dict[str, Any]] = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainingDataError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
-            if not _is_pair(record):
-                raise TrainingDataError(
-                    f"{path}: line {line_no} is not a preference pair (input.messages, "
-                    "preferred_output, non_preferred_output)"
-                )
-            pairs.append(record)
+    for line_no, record in json_lines(path):
+        if not _is_pair(record):
+            raise TrainingDataError(
+                f"{path}: line {line_no} is not a preference pair (input.messages, "
+                "preferred_output, non_preferred_output)"
+            )
+        pairs.append(record)
     if not pairs:
         raise TrainingDataError(f"{path}: no pairs")
     return pairs
