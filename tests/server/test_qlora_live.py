@@ -11,7 +11,6 @@ on that. A base the torch trainer would train on CPU is refused with a 400 on
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import openai
 import pytest
 from finetune_data import SECRET, write_training_file
 from live_server import LiveServer, client_for
+from test_fine_tuning_live import TERMINAL, upload, wait_for
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 # as tests/server/test_fine_tuning_live.py: the tiny random model's rate, 8 epochs
 LR_MULTIPLIER = 30.0
 EPOCHS = 8
@@ -39,21 +38,6 @@ def hyper(**extra: object) -> dict[str, object]:
             }
         },
     }
-
-
-def wait_for(client: openai.OpenAI, job_id: str, timeout: float = 400) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in TERMINAL:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout}s")
-
-
-def upload(client: openai.OpenAI, path: Path) -> str:
-    with path.open("rb") as f:
-        return client.files.create(file=f, purpose="fine-tune").id
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +64,7 @@ def test_a_qlora_job_learns_its_reply_and_is_served_on_the_quantized_base(
         method=hyper(quantize=4, lora_rank=8),  # type: ignore[arg-type]
         seed=3,
     )
-    done = wait_for(client, job.id)
+    done = wait_for(client, job.id, TERMINAL, timeout=400)
     assert done.status == "succeeded", done.error  # type: ignore[attr-defined]
     assert done.hyperparameters.quantize == 4  # type: ignore[attr-defined]
     ft_model = done.fine_tuned_model  # type: ignore[attr-defined]
@@ -119,7 +103,7 @@ def test_a_qlora_job_learns_its_reply_and_is_served_on_the_quantized_base(
         training_file=file_id,
         method=hyper(quantize=4, n_epochs=1),  # type: ignore[arg-type]
     )
-    second = wait_for(client, again.id)
+    second = wait_for(client, again.id, TERMINAL, timeout=400)
     assert second.status == "succeeded", second.error  # type: ignore[attr-defined]
     events = [e.message for e in client.fine_tuning.jobs.list_events(again.id, limit=100).data]
     assert not any("Quantizing" in m for m in events)
@@ -176,7 +160,7 @@ def test_a_qlora_job_on_a_gguf_base_quantizes_its_training_copy(
             method=hyper(quantize=4),  # type: ignore[arg-type]
             seed=3,
         )
-        done = wait_for(client, job.id)
+        done = wait_for(client, job.id, TERMINAL, timeout=400)
         assert done.status == "succeeded", done.error  # type: ignore[attr-defined]
         ft_model = done.fine_tuned_model  # type: ignore[attr-defined]
         models = {m.id: m for m in client.models.list().data}
