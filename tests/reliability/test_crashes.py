@@ -99,14 +99,18 @@ class Stream:
 
 
 def endless_chat(server: LiveServer, model: Path) -> dict[str, object]:
-    """A chat request that streams far longer than any test waits (EOS is banned)."""
-    eos = json.loads((model / "generation_config.json").read_text())["eos_token_id"]
+    """A chat request that streams far longer than any test waits.
+
+    Every special token is banned, not only eos: the server also ends a turn on
+    `<|im_start|>`, which the random tiny model samples now and then.
+    """
+    added = json.loads((model / "tokenizer.json").read_text())["added_tokens"]
     return {
         "model": server.model,
         "messages": [{"role": "user", "content": "Tell me a long story."}],
         "max_tokens": 4000,
         "stream": True,
-        "logit_bias": {str(eos): -100},
+        "logit_bias": {str(t["id"]): -100 for t in added if t["special"]},
     }
 
 
