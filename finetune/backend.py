@@ -17,6 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from finetune.config import TrainConfig
     from finetune.data import Batch
+    from finetune.distributed import Group
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,13 @@ class LoRABackend(Protocol):
         ...
 
 
-def open_backend(config: TrainConfig) -> LoRABackend:
-    """Load the base model for ``config.backend`` and add LoRA layers to it."""
+def open_backend(config: TrainConfig, group: Group | None = None) -> LoRABackend:
+    """Load the base model for ``config.backend`` and add LoRA layers to it; with a
+    ``group`` of several ranks, its training steps are data-parallel over the group."""
     if config.backend == "mlx":
         from finetune.mlx_lora import MLXLoRABackend
 
-        return MLXLoRABackend(config)
+        return MLXLoRABackend(config, group)
     from finetune.torch_lora import TorchLoRABackend
 
-    return TorchLoRABackend(config)
+    return TorchLoRABackend(config, group)

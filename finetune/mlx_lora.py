@@ -26,6 +26,7 @@ from finetune.adapters import CONFIG_FILE, MLX_WEIGHTS, mlx_adapter_config, writ
 from finetune.backend import PairOutput, StepOutput
 from finetune.config import TrainConfig
 from finetune.data import Batch
+from finetune.distributed import Group, Solo, gathered_pairs, rank_pairs, rank_rows
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 
@@ -40,16 +41,29 @@ def _loss(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array)
     return loss, n_targets, correct
 
 
+def _scaled_loss(
+    model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, scale: mx.array
+) -> Any:
+    """The summed cross-entropy of the trained tokens times ``scale`` (1 / the batch's
+    trained tokens, times the group size on several ranks), and the greedy hits."""
+    logits = model(inputs)
+    losses = nn.losses.cross_entropy(logits, targets) * mask
+    loss = losses.astype(mx.float32).sum() * scale
+    correct = ((mx.argmax(logits, axis=-1) == targets) * mask).sum()
+    return loss, correct
+
+
 class MLXLoRABackend:
     """A base model loaded with mlx-lm, LoRA layers on its last blocks, Adam."""
 
     name = "mlx"
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, group: Group | None = None) -> None:
         from mlx_lm.tuner.utils import linear_to_lora_layers
         from mlx_lm.utils import load_model
 
         self.config = config
+        self.group: Group = group or Solo()
         # the LoRA A matrices are drawn from mlx's global generator
         mx.random.seed(config.seed)
         model, _ = load_model(Path(config.model_path))
@@ -90,26 +104,39 @@ class MLXLoRABackend:
         # compile captures the state containers that exist when it is built.
         if self._step is None:
             model, optimizer = self.model, self.optimizer
-            loss_and_grad = nn.value_and_grad(model, _loss)
+            loss_and_grad = nn.value_and_grad(model, _scaled_loss)
             state = [model.state, optimizer.state, mx.random.state]
+            shared = self.group.size > 1
 
             @partial(mx.compile, inputs=state, outputs=state)
-            def step(inputs: mx.array, targets: mx.array, mask: mx.array) -> Any:
-                (loss, n_targets, correct), grads = loss_and_grad(model, inputs, targets, mask)
+            def step(inputs: mx.array, targets: mx.array, mask: mx.array, scale: mx.array) -> Any:
+                (loss, correct), grads = loss_and_grad(model, inputs, targets, mask, scale)
+                if shared:
+                    # each rank's loss is its share of the global mean times the group
+                    # size, so the average of the gradients is the global batch's gradient
+                    grads = nn.average_gradients(grads)
                 optimizer.update(model, grads)
-                return loss, n_targets, correct
+                return loss, correct
 
             self._step = (step, state)
         return self._step
 
     def train_step(self, batch: Batch) -> StepOutput:
-        """One Adam update on the batch."""
+        """One Adam update on the batch (on several ranks: on this rank's rows, the
+        gradients summed over the group; the figures returned are the whole batch's)."""
         step, state = self._compiled_step()
         self.model.train()
-        ids = mx.array(batch.ids)
-        loss, n_targets, correct = step(ids[:, :-1], ids[:, 1:], mx.array(batch.targets_mask))
-        mx.eval(state, loss, n_targets, correct)
-        return StepOutput(float(loss.item()), int(n_targets.item()), int(correct.item()))
+        group = self.group
+        n_targets = int(batch.targets_mask.sum())
+        local = rank_rows(batch, group)
+        ids = mx.array(local.ids)
+        scale = mx.array(group.size / max(n_targets, 1), dtype=mx.float32)
+        loss, correct = step(ids[:, :-1], ids[:, 1:], mx.array(local.targets_mask), scale)
+        mx.eval(state, loss, correct)
+        if group.size == 1:
+            return StepOutput(float(loss.item()), n_targets, int(correct.item()))
+        total = group.all_sum(np.array([loss.item() / group.size, correct.item()]))
+        return StepOutput(float(total[0]), n_targets, round(float(total[1])))
 
     def eval_step(self, batch: Batch) -> StepOutput:
         """Loss and accuracy with dropout off."""
@@ -180,10 +207,15 @@ class MLXLoRABackend:
             model, optimizer = self.model, self.optimizer
             loss_and_grad = nn.value_and_grad(model, partial(_dpo_loss, beta=beta))
             state = [model.state, optimizer.state, mx.random.state]
+            shared = self.group.size > 1
 
             @partial(mx.compile, inputs=state, outputs=state)
-            def step(inputs: mx.array, targets: mx.array, mask: mx.array, ref: mx.array) -> Any:
-                outputs, grads = loss_and_grad(model, inputs, targets, mask, ref)
+            def step(
+                inputs: mx.array, targets: mx.array, mask: mx.array, ref: mx.array, scale: mx.array
+            ) -> Any:
+                outputs, grads = loss_and_grad(model, inputs, targets, mask, ref, scale)
+                if shared:  # as in the supervised step
+                    grads = nn.average_gradients(grads)
                 optimizer.update(model, grads)
                 return outputs
 
@@ -191,20 +223,32 @@ class MLXLoRABackend:
         return self._pair_step
 
     def pair_step(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
-        """One Adam update on DPO's loss over a batch of pairs."""
+        """One Adam update on DPO's loss over a batch of pairs (on several ranks: this
+        rank's pairs, the gradients summed over the group; figures for the whole batch)."""
         step, state, _ = self._compiled_pair_step(beta)
         self.model.train()
-        ids = mx.array(batch.ids)
-        out = step(ids[:, :-1], ids[:, 1:], mx.array(batch.targets_mask), _f32(reference))
+        group = self.group
+        n = batch.ids.shape[0] // 2
+        local, local_ref, pairs = rank_pairs(batch, reference, group)
+        ids = mx.array(local.ids)
+        scale = mx.array(group.size / n, dtype=mx.float32)
+        out = step(ids[:, :-1], ids[:, 1:], mx.array(local.targets_mask), _f32(local_ref), scale)
         mx.eval(state, out)
-        return _pair_output(out)
+        result = _pair_output(out)
+        if group.size == 1:
+            return result
+        share = result.loss / group.size  # the step's loss is scaled by the group size
+        n_targets = int(batch.targets_mask[:n].sum())
+        return gathered_pairs(result, share, pairs, n, group, n_targets)
 
     def pair_eval(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
         """DPO's loss and log-ratios with dropout off."""
         self.model.eval()
         ids = mx.array(batch.ids)
         mask = mx.array(batch.targets_mask)
-        out = _dpo_loss(self.model, ids[:, :-1], ids[:, 1:], mask, _f32(reference), beta=beta)
+        n = batch.ids.shape[0] // 2
+        scale = mx.array(1 / n, dtype=mx.float32)
+        out = _dpo_loss(self.model, ids[:, :-1], ids[:, 1:], mask, _f32(reference), scale, beta)
         mx.eval(out)
         self.model.train()
         return _pair_output(out)
@@ -265,19 +309,21 @@ def _dpo_loss(
     targets: mx.array,
     mask: mx.array,
     reference: mx.array,
+    scale: mx.array,
     beta: float,
 ) -> Any:
     """DPO's sigmoid loss (Rafailov et al. 2023) over rows ``[chosen..., rejected...]``.
 
     ``-log sigmoid(beta * (chosen log-ratio - rejected log-ratio))``, the log-ratios taken
     against ``reference`` (the same sums under the reference policy), computed as
-    ``logaddexp(0, -z)`` to stay finite. Also the chosen rows' greedy token hits.
+    ``logaddexp(0, -z)`` to stay finite, summed over the pairs times ``scale`` (1 / pairs:
+    the mean; see ``pair_step`` on several ranks). Also the chosen rows' greedy token hits.
     """
     logps, logits = _sequence_logps(model, inputs, targets, mask)
     n = logps.shape[0] // 2
     ratios = logps - reference
     chosen, rejected = ratios[:n], ratios[n:]
-    loss = mx.logaddexp(mx.zeros_like(chosen), -beta * (chosen - rejected)).mean()
+    loss = mx.logaddexp(mx.zeros_like(chosen), -beta * (chosen - rejected)).sum() * scale
     chosen_mask = mask[:n]
     correct = ((mx.argmax(logits[:n], axis=-1) == targets[:n]) * chosen_mask).sum()
     return loss, chosen, rejected, chosen_mask.sum(), correct

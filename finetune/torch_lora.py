@@ -20,6 +20,7 @@ from finetune.backend import PairOutput, StepOutput
 from finetune.config import TrainConfig
 from finetune.data import Batch
 from finetune.devices import pick_device
+from finetune.distributed import Group, Solo, gathered_pairs, rank_pairs, rank_rows
 
 OPTIMIZER_FILE = "optimizer.pt"
 
@@ -29,11 +30,12 @@ class TorchLoRABackend:
 
     name = "torch"
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, group: Group | None = None) -> None:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
         self.config = config
+        self.group: Group = group or Solo()
         self.device = pick_device()
         # fp32 on cpu and mps (fp16 training needs loss scaling; cpu bf16 would drift from
         # the MLX engine's numbers); bf16 on cuda.
@@ -90,25 +92,53 @@ class TorchLoRABackend:
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate)
 
-    def _forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, batch: Batch, scale: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss (the mean over trained tokens, or their sum times ``scale``), trained
+        tokens and greedy hits."""
         ids = torch.from_numpy(batch.ids).long().to(self.device)
         mask = torch.from_numpy(batch.targets_mask).to(self.device)
         targets = ids[:, 1:]
         logits = self.model(input_ids=ids[:, :-1], use_cache=False).logits.float()
         losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
         n_targets = mask.sum()
-        loss = losses.sum() / n_targets.clamp(min=1)
+        loss = losses.sum() / n_targets.clamp(min=1) if scale is None else losses.sum() * scale
         correct = ((logits.argmax(dim=-1) == targets).float() * mask).sum()
         return loss, n_targets, correct
 
     def train_step(self, batch: Batch) -> StepOutput:
-        """One Adam update on the batch."""
+        """One Adam update on the batch (on several ranks: on this rank's rows, the
+        gradients summed over the group; the figures returned are the whole batch's)."""
         self.model.train()
-        loss, n_targets, correct = self._forward(batch)
+        if self.group.size == 1:
+            loss, n_targets, correct = self._forward(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            return StepOutput(float(loss.item()), int(n_targets.item()), int(correct.item()))
+        n_total = int(batch.targets_mask.sum())
+        local = rank_rows(batch, self.group)
+        # this rank's share of the global mean: the sum of the gradients is the whole
+        # batch's gradient, as DDP's all-reduce would make it
+        loss, n_targets, correct = self._forward(local, scale=1 / max(n_total, 1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._sum_gradients()
         self.optimizer.step()
-        return StepOutput(float(loss.item()), int(n_targets.item()), int(correct.item()))
+        total = self.group.all_sum(np.array([loss.item(), correct.item()]))
+        return StepOutput(float(total[0]), n_total, round(float(total[1])))
+
+    def _sum_gradients(self) -> None:
+        """Sum the LoRA gradients over the group in one flat buffer (one collective)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        flat = torch.cat([g.reshape(-1) for g in grads]).detach().cpu().numpy()
+        summed = torch.from_numpy(self.group.all_sum(flat))
+        offset = 0
+        for p, g in zip(self.parameters, grads, strict=True):
+            n = g.numel()
+            p.grad = summed[offset : offset + n].view_as(g).to(g.device, g.dtype)
+            offset += n
 
     def eval_step(self, batch: Batch) -> StepOutput:
         """Loss and accuracy with dropout off and no graph."""
@@ -159,14 +189,16 @@ class TorchLoRABackend:
     # ----------------------------------------------------------------- DPO
 
     def _pair_forward(
-        self, batch: Batch, reference: np.ndarray, beta: float
+        self, batch: Batch, reference: np.ndarray, beta: float, scale: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """DPO's sigmoid loss over rows ``[chosen..., rejected...]`` (see mlx_lora._dpo_loss)."""
+        """DPO's sigmoid loss over rows ``[chosen..., rejected...]`` (see mlx_lora._dpo_loss):
+        the mean over the pairs, or their sum times ``scale``."""
         logps, logits, targets, mask = self._sequence_logps(batch)
         n = logps.shape[0] // 2
         ratios = logps - torch.as_tensor(reference, dtype=torch.float32, device=self.device)
         chosen, rejected = ratios[:n], ratios[n:]
-        loss = F.softplus(-beta * (chosen - rejected)).mean()
+        losses = F.softplus(-beta * (chosen - rejected))
+        loss = losses.mean() if scale is None else losses.sum() * scale
         chosen_mask = mask[:n]
         correct = ((logits[:n].argmax(dim=-1) == targets[:n]).float() * chosen_mask).sum()
         return loss, chosen, rejected, chosen_mask.sum(), correct
@@ -190,13 +222,25 @@ class TorchLoRABackend:
         return logps.double().cpu().numpy()
 
     def pair_step(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
-        """One Adam update on DPO's loss over a batch of pairs."""
+        """One Adam update on DPO's loss over a batch of pairs (on several ranks: this
+        rank's pairs, the gradients summed over the group; figures for the whole batch)."""
         self.model.train()
-        out = self._pair_forward(batch, reference, beta)
+        if self.group.size == 1:
+            out = self._pair_forward(batch, reference, beta)
+            self.optimizer.zero_grad(set_to_none=True)
+            out[0].backward()
+            self.optimizer.step()
+            return _pair_output(out)
+        n = batch.ids.shape[0] // 2
+        local, local_ref, pairs = rank_pairs(batch, reference, self.group)
+        out = self._pair_forward(local, local_ref, beta, scale=1 / n)
         self.optimizer.zero_grad(set_to_none=True)
         out[0].backward()
+        self._sum_gradients()
         self.optimizer.step()
-        return _pair_output(out)
+        result = _pair_output(out)
+        n_targets = int(batch.targets_mask[:n].sum())
+        return gathered_pairs(result, result.loss, pairs, n, self.group, n_targets)
 
     def pair_eval(self, batch: Batch, reference: np.ndarray, beta: float) -> PairOutput:
         """DPO's loss and log-ratios with dropout off and no graph."""

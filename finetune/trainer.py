@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from chatfmt.tokenizer import load_tokenizer
 from finetune.backend import LoRABackend, open_backend
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from finetune.config import TrainConfig
 from finetune.data import batch_plan, load_examples, pad_token_id
+from finetune.distributed import Group, Solo
 from finetune.evaluation import Evaluator, describe, greedy_cases, stop_token_ids
 from finetune.folders import remove_leftovers, write_dir_atomically
 from finetune.objective import Objective, Supervised
@@ -84,7 +87,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def train(config: TrainConfig, callback: TrainingCallback | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, callback: TrainingCallback | None = None, group: Group | None = None
+) -> TrainResult:
     """Fine-tune ``config.model_path`` with LoRA on ``config.train_file``.
 
     Blocks until done; safe to call from a worker thread. ``callback.should_stop()`` is
@@ -92,8 +97,12 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
     writes a checkpoint at the last finished step and returns with ``stopped_early``.
     Raises :class:`finetune.data.TrainingDataError` for unusable data and ``ValueError``
     for a checkpoint that does not belong to this run.
+
+    With a ``group`` of several ranks (:mod:`finetune.distributed`), every rank calls this
+    with the same config and data; each step trains data-parallel, and rank 0's
+    ``should_stop`` decides for all. Only rank 0's callback should report or write.
     """
-    callback = callback or TrainingCallback()
+    callback = AgreedStop(callback or TrainingCallback(), group or Solo())
     for path in (config.model_path, config.train_file, config.valid_file, config.resume_from):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"not found: {path}")
@@ -122,7 +131,7 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
         progress = _read_state(config.resume_from, fingerprint, len(plan))
 
     remove_leftovers(Path(config.out_dir))
-    backend = open_backend(config)
+    backend = open_backend(config, group)
     if config.init_adapter is not None:
         backend.load_adapter_weights(config.init_adapter)
     pad_id = pad_token_id(tokenizer)
@@ -142,6 +151,9 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
     stopped = loop.run(plan, progress, fingerprint)
 
     after: dict[str, Any] | None = None
+    if callback.group.rank != 0:
+        # the group's collectives end with the loop; rank 0 alone writes and evaluates
+        return _rank_result(config, progress, len(plan), stopped)
     if stopped:
         adapter = checkpoint_dir(config.out_dir, progress.step)
         if not (adapter / STATE_FILE).is_file():
@@ -150,7 +162,8 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
         adapter = Path(config.out_dir) / "adapter"
         write_dir_atomically(adapter, backend.save_adapter)
         if evaluator is not None:
-            after = _evaluate(evaluator, "after", progress.step, callback)
+            # rank 0's own stop: no collective, the other ranks have returned
+            after = _evaluate(evaluator, "after", progress.step, callback.inner)
     return TrainResult(
         adapter_path=adapter,
         steps=progress.step,
@@ -165,6 +178,47 @@ def train(config: TrainConfig, callback: TrainingCallback | None = None) -> Trai
             if evaluator is not None
             else None
         ),
+    )
+
+
+class AgreedStop(TrainingCallback):
+    """A callback whose ``should_stop`` is rank 0's answer on every rank: the ranks of a
+    group must stop at the same step, or the others would wait in a collective."""
+
+    def __init__(self, inner: TrainingCallback, group: Group) -> None:
+        self.inner, self.group = inner, group
+
+    def should_stop(self) -> bool:
+        if self.group.size == 1:
+            return self.inner.should_stop()
+        mine = self.inner.should_stop() if self.group.rank == 0 else False
+        return bool(self.group.all_sum(np.array([int(mine)], dtype=np.int32))[0])
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        self.inner.on_step(metrics)
+
+    def on_eval(self, metrics: EvalMetrics) -> None:
+        self.inner.on_eval(metrics)
+
+    def on_checkpoint(self, info: CheckpointInfo) -> None:
+        self.inner.on_checkpoint(info)
+
+    def on_evaluation(self, phase: str, metrics: dict[str, Any]) -> None:
+        self.inner.on_evaluation(phase, metrics)
+
+
+def _rank_result(
+    config: TrainConfig, progress: _Progress, total: int, stopped: bool
+) -> TrainResult:
+    """What a rank other than 0 returns: its figures, and no adapter of its own."""
+    return TrainResult(
+        adapter_path=Path(config.out_dir),
+        steps=progress.step,
+        total_steps=total,
+        trained_tokens=progress.trained_tokens,
+        stopped_early=stopped,
+        last_train_loss=progress.latest("train_loss"),
+        last_valid_loss=progress.latest("valid_loss"),
     )
 
 

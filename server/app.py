@@ -24,6 +24,7 @@ from server.engine.embeddings import EmbeddingModel
 from server.engine.templates import ChatTemplate, sampling_defaults
 from server.engine.worker import GenerationWorker
 from server.errors import ModelLoadError, PomarError, envelope_for, error_envelope
+from server.jobs.launch import parse_hosts
 from server.jobs.runner import JobRunner
 from server.middleware import APIKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from server.models import ModelCatalog
@@ -112,7 +113,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             embedding = serve_embedding_model(settings.embedding_model, registry)
             fine_tuned = FineTunedModels(store, registry)
             fine_tuned.serve_all()
-            runner = JobRunner(store, registry.base_path, fine_tuned.register)
+            runner = JobRunner(
+                store, registry.base_path, fine_tuned.register, parse_hosts(settings.train_hosts)
+            )
             runner.start()
             reaper = asyncio.create_task(registry.keep_alive_loop())
             telemetry.watch(registry, store.jobs)

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         "crash there costs its requests (503 engine_crashed), never the server, and the "
         "model loads again on the next request (docs/engines.md).",
     )
+    hosts: str | None = Field(
+        None,
+        description="Serve the model sharded across machines (MLX): host:slots,... or an "
+        "mlx.launch JSON hostfile, this machine first; rank 0 serves the API "
+        "(docs/distributed.md).",
+    )
     speculative: Literal["off", "ngram", "draft"] = Field(
         "off",
         description="Speculative decoding on the GGUF engine: 'ngram' drafts the next tokens "
@@ -88,6 +94,11 @@ class Settings(BaseSettings):
         128, ge=0, description="Memory bound of the prompt cache, in MiB (MLX engine)."
     )
 
+    train_hosts: str | None = Field(
+        None,
+        description="Machines fine-tuning jobs may train on, data-parallel: host:slots,... "
+        "or an mlx.launch JSON hostfile; the first must be this machine (docs/distributed.md).",
+    )
     max_memory: ByteSize | None = Field(
         None,
         description="Memory budget for loaded models, e.g. 8GB or 512MiB (default: this "
@@ -98,6 +109,14 @@ class Settings(BaseSettings):
         description="Seconds an idle model stays loaded (the model named at start stays); "
         "-1 keeps models loaded. Also takes 30s, 5m, 1h.",
     )
+
+    @field_validator("train_hosts")
+    @classmethod
+    def _train_hosts(cls, value: str | None) -> str | None:
+        from server.jobs.launch import parse_hosts
+
+        parse_hosts(value)  # a HostsError (a ValueError) says what is wrong, at start-up
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

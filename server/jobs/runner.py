@@ -21,6 +21,7 @@ from typing import Any
 
 from server.jobs.callback import JobCallback
 from server.jobs.errors import JobFailed
+from server.jobs.launch import Host, take_ranks, total_slots
 from server.jobs.naming import fine_tuned_model_id
 from server.models.loading import backend_for, training_backend
 from server.store import Store
@@ -45,9 +46,12 @@ class JobRunner:
         store: Store,
         base_model_path: Callable[[str], Path | None],
         register: Register,
+        train_hosts: list[Host] | None = None,
     ) -> None:
         """`base_model_path` says whether a base is still served here; `register` is
-        `server.models.finetuned.FineTunedModels.register`."""
+        `server.models.finetuned.FineTunedModels.register`; `train_hosts` the machines a
+        job may train on data-parallel (`POMAR_TRAIN_HOSTS`; none: one process here)."""
+        self._hosts = list(train_hosts or [])
         self._store = store
         self._base_path = base_model_path
         self._register = register
@@ -56,6 +60,23 @@ class JobRunner:
         self._crashes: dict[str, int] = {}  # training-process deaths per job, this run
         self._shutdown = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pomar-jobs", daemon=True)
+
+    @property
+    def train_slots(self) -> int:
+        """How many ranks a job may train on (1 without `POMAR_TRAIN_HOSTS`)."""
+        return total_slots(self._hosts) if self._hosts else 1
+
+    def _ranks_of(self, job: JobRecord) -> list[Host] | None:
+        """The slots the job trains on: its `hosts` hyperparameter ("auto": every one)."""
+        wanted = job.hyperparameters.get("hosts", "auto")
+        ranks = self.train_slots if wanted in (None, "auto") else int(wanted)
+        if ranks > self.train_slots:
+            raise JobFailed(
+                "invalid_hosts",
+                f"The job asks for {ranks} ranks; POMAR_TRAIN_HOSTS has {self.train_slots}.",
+                "hyperparameters.hosts",
+            )
+        return take_ranks(self._hosts, ranks) if ranks > 1 else None
 
     def start(self) -> None:
         """Queue every unfinished job (a restart resumes them) and start the thread."""
@@ -218,6 +239,9 @@ class JobRunner:
             method=method,
             parent=parent,
         )
+        ranks = self._ranks_of(job)
+        if ranks is not None:
+            resolved["hosts"] = total_slots(ranks)
         ft_id = fine_tuned_model_id(job.base_id, job.suffix, job.id)
         started = self._store.jobs.update(
             job_id,
@@ -233,6 +257,7 @@ class JobRunner:
             job_id,
             f"Fine-tuning job started on {backend}"
             + (" (DPO)" if method == "dpo" else "")
+            + (f", data-parallel on {total_slots(ranks)} ranks" if ranks else "")
             + (f", from {job.parent_model}" if job.parent_model else "")
             + (f", resuming at step {resume.name.removeprefix('step-')}" if resume else "")
             + ".",
@@ -244,7 +269,7 @@ class JobRunner:
             self._register(model_id, served_on, path, job_id)
 
         callback = JobCallback(self._store, job_id, ft_id, stop, register_checkpoint)
-        result = self._train_child(job_id, config, callback)
+        result = self._train_child(job_id, config, callback, ranks)
         if result is None:
             return  # the training process died; the job was queued again or failed
         if result.stopped_early:
@@ -255,7 +280,9 @@ class JobRunner:
             return
         self._finish(job, ft_id, result)
 
-    def _train_child(self, job_id: str, config: Any, callback: JobCallback) -> Any:
+    def _train_child(
+        self, job_id: str, config: Any, callback: JobCallback, ranks: list[Host] | None
+    ) -> Any:
         """Train in a child process (server.jobs.trainproc). A crash there resumes the
         job from its last checkpoint, up to MAX_CRASHES times, then fails it."""
         from server.jobs.trainproc import TrainerCrashed, TrainerError, train_in_child
@@ -265,7 +292,7 @@ class JobRunner:
             self._store.events.add(job_id, f"Training runs in process {pid}.", data={"pid": pid})
 
         try:
-            result = train_in_child(config, callback, started)
+            result = train_in_child(config, callback, started, ranks)
         except TrainerError as exc:
             message = f"Training failed: {exc.kind}: {exc}"[:500]
             raise JobFailed("training_failed", message, None) from exc

@@ -26,6 +26,7 @@ from typing import Any
 from finetune.callbacks import CheckpointInfo, EvalMetrics, StepMetrics, TrainingCallback
 from finetune.config import TrainConfig
 from server.engine.runner.process import exit_description
+from server.jobs.launch import Host, total_slots
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,18 @@ def train_in_child(
     config: TrainConfig,
     callback: TrainingCallback,
     on_start: Callable[[int], None] | None = None,
+    hosts: list[Host] | None = None,
 ) -> Any:
     """Train `config` in a child process; returns its `finetune.trainer.TrainResult`.
 
     `on_start(pid)` is called once the child runs. Raises :class:`TrainerError` for an
-    exception in the trainer and :class:`TrainerCrashed` when the child dies.
+    exception in the trainer and :class:`TrainerCrashed` when the child dies. With `hosts`
+    of more than one slot, the run is data-parallel over them (server/jobs/ranks.py).
     """
-    from finetune.trainer import TrainResult
+    if hosts and total_slots(hosts) > 1:
+        from server.jobs.ranks import train_on_ranks
 
+        return train_on_ranks(config, callback, hosts, on_start)
     read_fd, write_fd = os.pipe()
     child = subprocess.Popen(
         [sys.executable, "-m", "server.jobs.trainchild", str(write_fd)],
@@ -76,37 +81,47 @@ def train_in_child(
         child.stdin.write((config.model_dump_json() + "\n").encode())
         child.stdin.flush()
         with os.fdopen(read_fd, "rb") as reports:
-            _relay(reports, child, callback, outcome)
+            relay(reports.fileno(), lambda line: _tell(child, line), callback, outcome)
     finally:
         if child.poll() is None:
             child.kill()
         child.wait()
         _close(child)
+    return outcome_of(outcome, exit_description(child.returncode))
+
+
+def outcome_of(outcome: dict[str, Any], how: str) -> Any:
+    """The `TrainResult` the child reported, or the exception its end calls for (`how`
+    says how a child that reported nothing ended)."""
+    from finetune.trainer import TrainResult
+
     if "result" in outcome:
         values = outcome["result"]
         values["adapter_path"] = Path(values["adapter_path"])
         return TrainResult(**values)
     if "error" in outcome:
         raise TrainerError(outcome["error"]["kind"], outcome["error"]["message"])
-    raise TrainerCrashed(exit_description(child.returncode))
+    raise TrainerCrashed(how)
 
 
-def _relay(
-    reports: Any,
-    child: subprocess.Popen[bytes],
+def relay(
+    reports: int,
+    tell: Callable[[bytes], object],
     callback: TrainingCallback,
     outcome: dict[str, Any],
 ) -> None:
-    """Read the child's reports until its end of the pipe closes (it exited or died)."""
+    """Read the child's reports from the descriptor `reports` until it closes (the child
+    exited or died); `tell(b"stop\n")` when the callback asks to stop."""
     asked_stop = False
     pending = b""
     while True:
         if not asked_stop and callback.should_stop():
-            asked_stop = _tell(child, b"stop\n")
+            tell(b"stop\n")
+            asked_stop = True
         ready, _, _ = select.select([reports], [], [], POLL_S)
         if not ready:
             continue
-        chunk = os.read(reports.fileno(), 1 << 16)
+        chunk = os.read(reports, 1 << 16)
         if not chunk:
             return
         pending += chunk
@@ -132,13 +147,12 @@ def _dispatch(report: dict[str, Any], callback: TrainingCallback, outcome: dict[
         outcome[kind] = body
 
 
-def _tell(child: subprocess.Popen[bytes], line: bytes) -> bool:
+def _tell(child: subprocess.Popen[bytes], line: bytes) -> None:
     # a child that is gone already raises here; the relay then sees its pipe close
     with contextlib.suppress(OSError):
         assert child.stdin is not None
         child.stdin.write(line)
         child.stdin.flush()
-    return True
 
 
 def _close(child: subprocess.Popen[bytes]) -> None:

@@ -46,6 +46,18 @@ class Hyperparameters(BaseModel):
     quantize: Literal[4, 8] | None = Field(
         None, description="train QLoRA on the base quantized to 4 or 8 bits (pomar, MLX)"
     )
+    hosts: Auto | int | None = Field(
+        None,
+        description="ranks to train on, data-parallel, from POMAR_TRAIN_HOSTS' slots; "
+        "auto = all of them (pomar)",
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: Auto | int | None) -> Auto | int | None:
+        if v is not None and v != "auto" and int(v) < 1:
+            raise ValueError("hosts must be 'auto' or at least 1")
+        return v
 
     @field_validator("n_epochs")
     @classmethod
@@ -194,6 +206,7 @@ class JobHyperparameters(OpenAIModel):
     max_length: int | None = None
     beta: Auto | float | None = None
     quantize: int | None = None
+    hosts: int | None = None
 
 
 class JobMethodBody(OpenAIModel):

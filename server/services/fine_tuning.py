@@ -64,6 +64,14 @@ class FineTuningService:
         from server.models.quantized_base import check_quantize  # QLoRA (issue 21, part 3)
 
         check_quantize(hp.get("quantize"), training_backend(base.backend))
+        hosts = hp.get("hosts")
+        if isinstance(hosts, int) and hosts > self._runner.train_slots:
+            raise InvalidRequest(
+                f"hosts is {hosts}, but this server trains on at most {self._runner.train_slots}"
+                " ranks (POMAR_TRAIN_HOSTS)",
+                param="hyperparameters.hosts",
+                code="invalid_value",
+            )
         method = request.method_type
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         job = self._store.jobs.create(
