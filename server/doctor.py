@@ -35,12 +35,30 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--no-check", action="store_true", help="report kept self-checks, run no new ones"
     )
+    p.add_argument(
+        "--hosts",
+        nargs="?",
+        const="",
+        metavar="SPEC",
+        help="check instead that every host (host:slots,... or a hostfile; default "
+        "POMAR_TRAIN_HOSTS and POMAR_HOSTS) has this install and --model's files; "
+        "exit status 1 on a problem",
+    )
+    p.add_argument(
+        "--full-hash", action="store_true", help="with --hosts: hash every byte of big files"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Gather the report and print it; 0 even when something is missing (it says so)."""
+    """Gather the report and print it; 0 even when something is missing (it says so).
+
+    `--hosts` checks the hosts of a multi-host job instead (server/doctor_hosts.py)."""
     overrides = {k: v for k in ("home", "model") if (v := getattr(args, k, None)) is not None}
     settings = Settings(**overrides)
+    if getattr(args, "hosts", None) is not None:
+        from server import doctor_hosts
+
+        return doctor_hosts.run(settings, args)
     report = gather(settings, check=not args.no_check)
     if args.json:
         print(json.dumps(report, indent=2))
