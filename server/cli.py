@@ -132,6 +132,10 @@ def serve(settings: Settings, argv: list[str]) -> int:
         log.warning(
             "listening on %s without an API key: anyone who can reach it can use it", settings.host
         )
+    if settings.hosts:
+        from server.serve_hosts import serve_across_hosts
+
+        return serve_across_hosts(settings, argv)
     from server.errors import ModelLoadError
 
     try:
