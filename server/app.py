@@ -110,7 +110,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         try:
             default = await load_default_model(settings, engine)
             registry.add(default)
-            embedding = serve_embedding_model(settings.embedding_model, registry)
+            embedding = serve_embedding_model(
+                settings.embedding_model, registry, in_process=not settings.engine_process
+            )
             fine_tuned = FineTunedModels(store, registry)
             fine_tuned.serve_all()
             runner = JobRunner(

@@ -31,6 +31,7 @@ from typing import Any
 
 from server.engine.mlx.doorbell import DOORBELL_ENV, Doorbell
 from server.errors import ModelLoadError
+from server.jobs.launch import MLX_LAUNCH
 from server.settings import Settings
 
 log = logging.getLogger("pomar")
@@ -150,19 +151,6 @@ def _model_folder(settings: Settings) -> Path:
     return path
 
 
-#: `mlx.launch`, less its busy loop: each rank's relay thread selects on the rank's
-#: stdin pipe for writing, which is always ready, so the launcher spins a core for as long
-#: as the ranks run (mlx 0.32.4; measured here: 70-95 % of a core, idle server or not).
-#: pomar sends the ranks no input, so the relay selects on their output alone.
-_MLX_LAUNCH = (
-    "import select, sys\n"
-    "from mlx._distributed_utils import launch\n"
-    "launch.select = lambda r, w, x, t=None: select.select(r, [], x, t)\n"
-    "sys.argv[0] = 'mlx.launch'\n"
-    "launch.main()\n"
-)
-
-
 def _launch(ranks: list[Rank], envs: list[str], argv: list[str]) -> int:
     """Run every rank through mlx.launch; stop rank 0 first when asked to stop."""
     with tempfile.TemporaryDirectory(prefix="pomar-hosts-") as tmp:
@@ -177,7 +165,7 @@ def _launch(ranks: list[Rank], envs: list[str], argv: list[str]) -> int:
         command = [
             sys.executable,
             "-c",
-            _MLX_LAUNCH,
+            MLX_LAUNCH,
             "--backend",
             "ring",
             "--hostfile",

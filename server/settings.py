@@ -62,10 +62,11 @@ class Settings(BaseSettings):
         8, ge=1, le=256, description="Concurrent requests decoded together (MLX and GGUF engines)."
     )
     engine_process: bool = Field(
-        False,
-        description="Run each loaded model's engine in its own runner process: a native "
-        "crash there costs its requests (503 engine_crashed), never the server, and the "
-        "model loads again on the next request (docs/engines.md).",
+        True,
+        description="Run each loaded model's engine (and the embedding model) in its own "
+        "runner process: a native crash there costs its requests (503 engine_crashed), "
+        "never the server, and the model loads again on the next request; false runs "
+        "them in the server process (docs/engines.md).",
     )
     hosts: str | None = Field(
         None,

@@ -74,7 +74,41 @@ def resolve_embedding_model(setting: str) -> tuple[str, Path] | None:
     return value, folder.resolve()
 
 
-class EmbeddingEngine:
+class EmbeddingTokens:
+    """The tokenizer side of an embedding model (counting, decoding token-id inputs):
+    where the engine runs in a runner process, this part stays in the server."""
+
+    #: the model's device ("cpu", "cuda", "mps") and vector size
+    device: str
+    dimension: int
+
+    def _tokens(self, tokenizer: Any, max_seq_length: int) -> None:
+        self.tokenizer: Any = tokenizer
+        #: longer inputs are truncated to this many tokens (special tokens included)
+        self.max_seq_length: int = int(max_seq_length)
+        self._room = self.max_seq_length - tokenizer.num_special_tokens_to_add()
+        #: token ids run from 0 to vocab_size - 1
+        self.vocab_size: int = len(tokenizer)
+
+    def decode(self, inputs: list[list[int]]) -> list[str]:
+        """Token-id inputs back to text, which the model then re-tokenizes."""
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in inputs]
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens embedded: each text's tokens, without special ones, up to the window."""
+        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        return sum(min(len(one), self._room) for one in ids)
+
+    def count_ids(self, inputs: list[list[int]]) -> int:
+        """Tokens embedded from token-id inputs: each list's length, up to the window."""
+        return sum(min(len(ids), self._room) for ids in inputs)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """One float32 row per text, in order."""
+        raise NotImplementedError
+
+
+class EmbeddingEngine(EmbeddingTokens):
     """A loaded sentence-transformers model. Use it only from its worker thread."""
 
     def __init__(self, path: Path) -> None:
@@ -88,27 +122,9 @@ class EmbeddingEngine:
         dimension = size()
         if dimension is None:
             raise ModelLoadError(f"{path}: sentence-transformers cannot tell its dimension")
-        self.dimension: int = int(dimension)
-        self._tokenizer: Any = self._model.tokenizer
-        window = self._model.max_seq_length or self._tokenizer.model_max_length
-        #: longer inputs are truncated to this many tokens (special tokens included)
-        self.max_seq_length: int = int(window)
-        self._room = self.max_seq_length - self._tokenizer.num_special_tokens_to_add()
-        #: token ids run from 0 to vocab_size - 1
-        self.vocab_size: int = len(self._tokenizer)
-
-    def decode(self, inputs: list[list[int]]) -> list[str]:
-        """Token-id inputs back to text, which the model then re-tokenizes."""
-        return [self._tokenizer.decode(ids, skip_special_tokens=True) for ids in inputs]
-
-    def count_tokens(self, texts: list[str]) -> int:
-        """Tokens embedded: each text's tokens, without special ones, up to the window."""
-        ids = self._tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        return sum(min(len(one), self._room) for one in ids)
-
-    def count_ids(self, inputs: list[list[int]]) -> int:
-        """Tokens embedded from token-id inputs: each list's length, up to the window."""
-        return sum(min(len(ids), self._room) for ids in inputs)
+        self.dimension = int(dimension)
+        tokenizer: Any = self._model.tokenizer
+        self._tokens(tokenizer, self._model.max_seq_length or tokenizer.model_max_length)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """One float32 row per text, in order, as the folder's modules compute it."""
@@ -121,12 +137,15 @@ class EmbeddingEngine:
 class EmbeddingModel:
     """An embedding model served under `id`, loaded and run on its own worker thread."""
 
-    def __init__(self, model_id: str, path: Path) -> None:
+    def __init__(self, model_id: str, path: Path, in_process: bool = True) -> None:
+        """`in_process=False` runs the model in a runner process of its own
+        (`engine_process`; server/engine/runner/remote_embedding.py)."""
         self.id = model_id
         self.path = path
+        self.in_process = in_process
         self.created = int(time.time())
         self.worker = GenerationWorker("embeddings")
-        self._loading: asyncio.Future[EmbeddingEngine] | None = None
+        self._loading: asyncio.Future[EmbeddingTokens] | None = None
 
     def start(self) -> None:
         """Queue the load on the worker, once, and return at once (call on the event loop)."""
@@ -134,9 +153,9 @@ class EmbeddingModel:
             return
         log.info("loading embedding model %s from %s", self.id, self.path)
         started = time.perf_counter()
-        self._loading = self.worker.call(lambda: EmbeddingEngine(self.path))
+        self._loading = self.worker.call(self._load)
 
-        def report(future: asyncio.Future[EmbeddingEngine]) -> None:
+        def report(future: asyncio.Future[EmbeddingTokens]) -> None:
             if future.cancelled():
                 return
             if (exc := future.exception()) is not None:
@@ -166,8 +185,20 @@ class EmbeddingModel:
             return False
         return future.exception() is None
 
-    async def engine(self) -> EmbeddingEngine:
-        """The loaded engine: the first call starts the load; every call waits for it."""
+    def _load(self) -> EmbeddingTokens:
+        if self.in_process:
+            return EmbeddingEngine(self.path)
+        from server.engine.runner.remote_embedding import RemoteEmbeddingEngine
+
+        return RemoteEmbeddingEngine(self.id, self.path)
+
+    async def engine(self) -> EmbeddingTokens:
+        """The loaded engine: the first call starts the load; every call waits for it.
+        A runner that died is loaded again."""
+        current = self._current()
+        if current is not None and getattr(current, "crashed", None):
+            log.warning("the embedding model's runner died; loading it again")
+            self._loading = None
         self.start()
         assert self._loading is not None
         try:
@@ -178,11 +209,21 @@ class EmbeddingModel:
                 "The embedding model could not be loaded; see the server log."
             ) from exc
 
-    async def run(self, fn: Callable[[EmbeddingEngine], T]) -> T:
+    async def run(self, fn: Callable[[EmbeddingTokens], T]) -> T:
         """Run `fn(engine)` on the worker thread and return its result."""
         engine = await self.engine()
         return await self.worker.call(lambda: fn(engine))
 
     def close(self) -> None:
-        """Stop the worker thread after what is queued."""
+        """Stop the worker thread after what is queued (and a runner)."""
+        stop = getattr(self._current(), "close", None)
+        if stop is not None:
+            stop()
         self.worker.close()
+
+    def _current(self) -> EmbeddingTokens | None:
+        """The engine loaded (without error), if any."""
+        future = self._loading
+        if future is None or not future.done() or future.cancelled():
+            return None
+        return future.result() if future.exception() is None else None

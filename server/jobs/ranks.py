@@ -69,7 +69,12 @@ def train_on_ranks(
             config.backend,
         )
         env = {**os.environ, **rank_env(hosts)}
-        launchers = [subprocess.Popen(cmd, start_new_session=True, env=env) for cmd in commands]
+        # stdin a pipe that stays open and silent: mlx.launch relays it to the ranks, and
+        # at end of file its relay would spin
+        launchers = [
+            subprocess.Popen(cmd, start_new_session=True, env=env, stdin=subprocess.PIPE)
+            for cmd in commands
+        ]
         if on_start is not None:
             on_start(launchers[0].pid)
         outcome: dict[str, Any] = {}
@@ -122,6 +127,8 @@ def _end(launchers: list[subprocess.Popen[bytes]]) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(max(0.0, deadline - time.monotonic()))
     for process in launchers:
+        if process.stdin is not None:
+            process.stdin.close()
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)

@@ -244,11 +244,12 @@ class ModelRegistry:
                 raise ModelLoadFailed(
                     f"Model '{spec.id}' could not be loaded; the server log says why."
                 ) from None
-            # a runner's memory is measured once it is loaded (engine_process): that,
-            # not the estimate, is what it holds
+            # a runner's memory is measured once it is loaded (engine_process): what it
+            # holds when that is more than the estimate (weights read lazily may not be
+            # resident yet: the estimate stays the floor)
             measure = getattr(model.engine, "resident_bytes", None)
             measured = measure() if measure is not None else None
-            model.memory = measured or need
+            model.memory = max(need, measured or 0)
             self._loaded[spec.id] = model
             log.info(
                 "loaded %s on %s in %.1f s: ~%.2f GB reckoned, resident memory %+.2f GB "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from server.engine.base import Engine
+from server.engine.runner.process import rss_bytes as process_rss
 from server.engine.templates import ChatTemplate
 from server.engine.worker import GenerationWorker
 from server.models.memory import default_budget
@@ -95,11 +95,7 @@ class Listing:
 
 def rss_bytes() -> int:
     """This process's resident memory now (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * int(os.sysconf("SC_PAGE_SIZE"))
-    except OSError:
-        return 0
+    return process_rss() or 0
 
 
 class Lease:

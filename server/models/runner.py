@@ -8,6 +8,7 @@ socket closes; on Linux the kernel kills it too).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import queue
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.base import PAUSE, Engine, GenerationParams
-from server.engine.runner.process import die_with_parent
+from server.engine.runner.process import die_with_parent, rss_bytes
 from server.engine.runner.wire import (
     Call,
     Cancel,
@@ -137,6 +138,8 @@ def _with_grammar(engine: Engine, params: GenerationParams, source: Any) -> Gene
 def _adapter(engine: Engine, adapter: str | None) -> None:
     """Every request names its adapter (None: the bare base), as the server process does:
     the engine keeps the choice in this job's own state (jobs interleave on the thread)."""
+    if not hasattr(engine, "activate_adapter"):
+        return  # the embedding engine: no adapters
     try:
         engine.activate_adapter(Path(adapter) if adapter else None)
     except NotImplementedError:
@@ -144,7 +147,21 @@ def _adapter(engine: Engine, adapter: str | None) -> None:
             raise
 
 
-def _load(load: Load) -> Engine:
+#: the modules that import each engine's libraries, imported before the baseline memory
+#: reading (`Ready.baseline_rss`)
+_ENGINE_MODULES = {
+    "mlx": ("mlx.core", "mlx.nn", "mlx_lm", "server.engine.mlx.backend"),
+    "torch": ("torch", "transformers", "server.engine.torch.backend"),
+    "gguf": ("llama_cpp", "server.engine.gguf.backend"),
+    "embedding": ("torch", "sentence_transformers"),
+}
+
+
+def _load(load: Load) -> Any:
+    if load.backend == "embedding":
+        from server.engine.embeddings import EmbeddingEngine
+
+        return EmbeddingEngine(Path(load.path))
     from server.models.loading import load_engine
 
     return load_engine(
@@ -187,25 +204,33 @@ def main(argv: list[str]) -> int:
     # the engine loads on the worker thread that will run it: MLX streams belong to the
     # thread that made them ("There is no Stream(cpu, 0) in current thread" otherwise)
     worker = GenerationWorker("runner")
+    baseline = 0
     try:
+        for module in _ENGINE_MODULES.get(load.backend, ()):
+            importlib.import_module(module)
+        baseline = rss_bytes() or 0
         engine = _on_worker(worker, lambda: _load(load))
     except Exception as exc:
         log.exception("could not load %s", load.path)
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         return 1
-    worker.concurrency = engine.max_concurrency
-    conn.send(
-        Ready(
-            backend=engine.backend,
-            model_path=str(engine.model_path),
-            tokenizer=engine.tokenizer,
-            eos_token_ids=frozenset(engine.eos_token_ids),
-            context_length=engine.context_length,
-            max_concurrency=engine.max_concurrency,
-            description=engine.describe(),
-            pid=os.getpid(),
+    if load.backend == "embedding":
+        conn.send(_embedding_ready(engine, load, baseline))
+    else:
+        worker.concurrency = engine.max_concurrency
+        conn.send(
+            Ready(
+                backend=engine.backend,
+                model_path=str(engine.model_path),
+                tokenizer=engine.tokenizer,
+                eos_token_ids=frozenset(engine.eos_token_ids),
+                context_length=engine.context_length,
+                max_concurrency=engine.max_concurrency,
+                description=engine.describe(),
+                pid=os.getpid(),
+                baseline_rss=baseline,
+            )
         )
-    )
     runner = Runner(engine, worker, Outbox(conn))
     while True:
         try:
@@ -221,6 +246,22 @@ def main(argv: list[str]) -> int:
             runner.outbox.put(Event(message.request, "item", engine.stats()))
         elif isinstance(message, Call):
             runner.call(message)
+
+
+def _embedding_ready(engine: Any, load: Load, baseline: int) -> Ready:
+    """`Ready` for the embedding engine: its facts travel in `extras`."""
+    return Ready(
+        backend="embedding",
+        model_path=load.path,
+        tokenizer=engine.tokenizer,
+        eos_token_ids=frozenset(),
+        context_length=engine.max_seq_length,
+        max_concurrency=1,
+        description=f"sentence-transformers on {engine.device}",
+        pid=os.getpid(),
+        baseline_rss=baseline,
+        extras={"dimension": engine.dimension, "device": engine.device},
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.engine.embeddings import EmbeddingEngine, EmbeddingModel, resolve_embedding_model
+from server.engine.embeddings import EmbeddingModel, EmbeddingTokens, resolve_embedding_model
 from server.errors import InvalidRequest, NotFound
 from server.models.registry import ModelRegistry
 from server.protocol.embeddings import (
@@ -80,7 +80,7 @@ def _check_token_ids(token_ids: list[list[int]], vocab_size: int) -> None:
 
 
 def _embed(
-    engine: EmbeddingEngine, texts: list[str] | None, token_ids: list[list[int]]
+    engine: EmbeddingTokens, texts: list[str] | None, token_ids: list[list[int]]
 ) -> _Embedded:
     """On the worker thread: decode token-id inputs, count tokens, embed."""
     if texts is not None:
@@ -88,16 +88,19 @@ def _embed(
     return _Embedded(engine.embed(engine.decode(token_ids)), engine.count_ids(token_ids))
 
 
-def serve_embedding_model(setting: str, registry: ModelRegistry) -> EmbeddingModel | None:
+def serve_embedding_model(
+    setting: str, registry: ModelRegistry, in_process: bool = True
+) -> EmbeddingModel | None:
     """Resolve the `embedding_model` setting and keep its id out of chat.
 
-    A bad setting fails here, at start-up; the weights load on the first request.
+    A bad setting fails here, at start-up; the weights load on the first request, in a
+    runner process of their own unless `in_process`.
     """
     resolved = resolve_embedding_model(setting)
     if resolved is None:
         log.info("no embedding model: /v1/embeddings is off")
         return None
-    model = EmbeddingModel(*resolved)
+    model = EmbeddingModel(*resolved, in_process=in_process)
     registry.refuse(
         model.id,
         f"'{model.id}' is an embedding model, served by /v1/embeddings only; "

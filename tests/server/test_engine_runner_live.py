@@ -274,3 +274,50 @@ def test_another_models_streams_finish_when_one_runner_dies(
         assert after["tiny-b"] == pids["tiny-b"]
     finally:
         live.stop()
+
+
+def _runner_children(server: LiveServer) -> list[int]:
+    """The server's runner processes (`python -m server.models.runner`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == server.process.pid and b"server.models.runner" in cmdline:  # type: ignore[union-attr]
+            found.append(int(entry.name))
+    return found
+
+
+def _rss(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_runners_memory_is_what_it_holds_above_its_libraries(server: LiveServer) -> None:
+    row = httpx.get(f"{server.base_url}/v1/pomar/models/{server.model}").json()
+    assert row["loaded"] is True
+    # measured in the runner, never below the estimate, and without the interpreter and
+    # engine libraries the runner held before it loaded the weights
+    assert row["memory_bytes"] >= row["memory_required_bytes"] > 0
+    assert row["memory_bytes"] < _rss(runner_pid(server)) - 100 * 2**20
+
+
+def test_embeddings_run_in_a_runner_of_their_own(server: LiveServer) -> None:
+    client = client_for(server)
+    first = client.embeddings.create(model="all-minilm-l6-v2", input=["a cat", "a dog"])
+    assert len(first.data) == 2 and len(first.data[0].embedding) == 384
+    chat = runner_pid(server)
+    others = [pid for pid in _runner_children(server) if pid != chat]
+    assert len(others) == 1, "no runner of its own for the embedding model"
+    os.kill(others[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{others[0]}/cmdline").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # reaped by the server's reader thread
+    # the next request loads it again and answers the same
+    again = client.embeddings.create(model="all-minilm-l6-v2", input=["a cat", "a dog"])
+    assert again.data[0].embedding == pytest.approx(first.data[0].embedding, abs=1e-5)
+    assert [pid for pid in _runner_children(server) if pid != chat] != others
+    # chat was not touched
+    assert runner_pid(server) == chat
+    assert client.chat.completions.create(model=server.model, messages=HI, max_tokens=2)

@@ -69,7 +69,9 @@ def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         backend="torch",
         home=home,
         api_key=API_KEY,
-        env={"POMAR_MAX_MEMORY": str(budget)},
+        # engines in the server process: a model's memory is then the estimate these
+        # budgets are sized from (a runner's measured memory: test_engine_runner_live.py)
+        env={"POMAR_MAX_MEMORY": str(budget), "POMAR_ENGINE_PROCESS": "0"},
     ).start()
     try:
         yield live

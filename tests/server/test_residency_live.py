@@ -46,7 +46,10 @@ def _copy_files(src: Path, dest: Path) -> None:
 
 
 def _serve(home: Path, **env: str) -> Iterator[LiveServer]:
-    server = LiveServer(model="tiny-a", backend="mlx", home=home, env=dict(env)).start()
+    # engines in the server process: a model's memory is the estimate the budgets here are
+    # sized from (a runner's measured memory is tested in test_engine_runner_live.py)
+    env = {"POMAR_ENGINE_PROCESS": "0", **env}
+    server = LiveServer(model="tiny-a", backend="mlx", home=home, env=env).start()
     try:
         yield server
     finally:
@@ -95,6 +98,9 @@ def test_idle_models_unload_after_the_keep_alive(two_model_home: Path) -> None:
             time.sleep(0.25)
         assert _loaded(client)["tiny-b"] is False
         assert _loaded(client)["tiny-a"] is True  # the model named at start stays
+        # the line comes once the memory is freed (a runner process takes a moment to end)
+        while "unloaded tiny-b (idle for" not in server.log() and time.monotonic() < deadline + 10:
+            time.sleep(0.25)
         assert "unloaded tiny-b (idle for" in server.log()
         assert _ask(client, "tiny-b")  # and comes back on the next request
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -14,6 +15,16 @@ def die_with_parent() -> None:
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def rss_bytes(pid: int | None = None) -> int | None:
+    """A process's resident memory now (this one's by default); None where /proc is not
+    there (macOS) or the process is gone."""
+    try:
+        with open(f"/proc/{pid or 'self'}/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def exit_description(returncode: int | None) -> str:

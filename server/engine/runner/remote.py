@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
-from server.engine.runner.process import exit_description
+from server.engine.runner.process import exit_description, rss_bytes
 from server.engine.runner.wire import (
     Call,
     Cancel,
@@ -181,15 +181,14 @@ class RemoteEngine(Engine):
         return {**value, "runner_pid": self.pid}
 
     def resident_bytes(self) -> int | None:
-        """The runner's resident memory (Linux: /proc), for the residency budget."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
+        """What the model holds in its runner (Linux: /proc), for the residency budget:
+        the runner's resident memory above what it held before loading the weights. The
+        interpreter and engine libraries under that line (~0.3-0.4 GB a runner, measured in
+        docs/engines.md) are not counted, as the server process's own are not."""
+        now = rss_bytes(self.pid)
+        if now is None:
             return None
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return None
+        return max(0, now - self.info.baseline_rss)
 
     def clear_cache(self) -> None:
         """Forget the runner engine's prompt cache (where it has one)."""

@@ -37,6 +37,11 @@ class Ready:
     max_concurrency: int
     description: str
     pid: int
+    #: the runner's resident memory before it loaded the weights (interpreter and engine
+    #: libraries): what it holds above this is the model's (`RemoteEngine.resident_bytes`)
+    baseline_rss: int = 0
+    #: facts of an engine that is not a generator (the embedding engine's dimension, ...)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
