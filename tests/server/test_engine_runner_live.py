@@ -321,3 +321,20 @@ def test_embeddings_run_in_a_runner_of_their_own(server: LiveServer) -> None:
     # chat was not touched
     assert runner_pid(server) == chat
     assert client.chat.completions.create(model=server.model, messages=HI, max_tokens=2)
+
+
+def test_health_answers_while_a_runner_is_stuck(server: LiveServer) -> None:
+    pid = runner_pid(server)
+    os.kill(pid, signal.SIGSTOP)  # alive, answering nothing
+    try:
+        tic = time.monotonic()
+        body = health(server)
+        took = time.monotonic() - tic
+        assert body["status"] == "ok"
+        assert body["engines"][0]["runner_pid"] == pid  # what the server knows of it
+        assert took < 10  # the counters' wait is bounded (2 s), the event loop free
+        # meanwhile the server answers other requests at once
+        assert httpx.get(f"{server.base_url}/v1/models", timeout=5).status_code == 200
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert client_for(server).chat.completions.create(model=server.model, messages=HI, max_tokens=2)
