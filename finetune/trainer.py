@@ -30,11 +30,16 @@ from finetune.distributed import Group, Solo
 from finetune.evaluation import Evaluator, describe, greedy_cases, stop_token_ids
 from finetune.folders import remove_leftovers, write_dir_atomically
 from finetune.objective import Objective, Supervised
+from finetune.state import (
+    STATE_FILE,
+    STATE_FORMAT,
+    Progress,
+    checkpoint_dir,
+    read_state,
+)
+from finetune.state import fingerprint as run_fingerprint
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.json"
-STATE_FORMAT = 1
 
 
 @dataclass
@@ -55,36 +60,6 @@ class TrainResult:
     #: "before" comes from the checkpoint on a resume, "after" is None when stopped early.
     #: None without a validation set.
     evaluation: dict[str, Any] | None = None
-
-
-@dataclass
-class _Progress:
-    """Everything a checkpoint must carry for a resume to continue the same run."""
-
-    step: int = 0
-    trained_tokens: int = 0
-    elapsed_s: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    evaluation_before: dict[str, Any] | None = None  # the run's "before" evaluation
-
-    def latest(self, key: str) -> float | None:
-        return next((row[key] for row in reversed(self.history) if row.get(key) is not None), None)
-
-
-def checkpoint_dir(out_dir: Path, step: int) -> Path:
-    """Where the checkpoint of ``step`` lives."""
-    return Path(out_dir) / "checkpoints" / f"step-{step}"
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``out_dir``, if any."""
-    root = Path(out_dir) / "checkpoints"
-    found = [
-        (int(path.name.removeprefix("step-")), path)
-        for path in root.glob("step-*")
-        if path.name.removeprefix("step-").isdigit() and (path / STATE_FILE).is_file()
-    ]
-    return max(found)[1] if found else None
 
 
 def train(
@@ -125,10 +100,10 @@ def train(
         len(valid_set),
         len(plan),
     )
-    fingerprint = _fingerprint(config, len(train_set))
-    progress = _Progress()
+    fingerprint = run_fingerprint(config, len(train_set))
+    progress = Progress()
     if config.resume_from is not None:
-        progress = _read_state(config.resume_from, fingerprint, len(plan))
+        progress = read_state(config.resume_from, fingerprint, len(plan))
 
     remove_leftovers(Path(config.out_dir))
     backend = open_backend(config, group)
@@ -207,9 +182,7 @@ class AgreedStop(TrainingCallback):
         self.inner.on_evaluation(phase, metrics)
 
 
-def _rank_result(
-    config: TrainConfig, progress: _Progress, total: int, stopped: bool
-) -> TrainResult:
+def _rank_result(config: TrainConfig, progress: Progress, total: int, stopped: bool) -> TrainResult:
     """What a rank other than 0 returns: its figures, and no adapter of its own."""
     return TrainResult(
         adapter_path=Path(config.out_dir),
@@ -278,7 +251,7 @@ class _Loop:
         self.callback = callback
         self.objective = objective
 
-    def run(self, plan: list[list[int]], progress: _Progress, fingerprint: dict[str, Any]) -> bool:
+    def run(self, plan: list[list[int]], progress: Progress, fingerprint: dict[str, Any]) -> bool:
         """Train from ``progress.step`` to the end of ``plan``; True if stopped early."""
         config, total = self.config, len(plan)
         started, elapsed_before = time.perf_counter(), progress.elapsed_s
@@ -334,7 +307,7 @@ class _Loop:
             extras={f"valid_{k}": v for k, v in out.extras.items()},
         )
 
-    def checkpoint(self, progress: _Progress, fingerprint: dict[str, Any]) -> Path:
+    def checkpoint(self, progress: Progress, fingerprint: dict[str, Any]) -> Path:
         """Write ``checkpoints/step-N`` (adapter, optimizer, trainer state) and announce it."""
         target = checkpoint_dir(self.config.out_dir, progress.step)
 
@@ -398,46 +371,3 @@ def _objective(
 
     reference = cached_reference(Path(config.out_dir), fingerprint, compute)
     return DPO(backend, train_set, valid_set, pad_id, config.beta, reference)
-
-
-def _fingerprint(config: TrainConfig, n_examples: int) -> dict[str, Any]:
-    """What must match for a checkpoint's step to mean the same point of the same run."""
-    fingerprint: dict[str, Any] = {
-        "backend": config.backend,
-        "n_examples": n_examples,
-        "n_epochs": config.n_epochs,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "lora": config.lora.model_dump(mode="json", exclude={"max_length"}),
-    }
-    # only when set, so checkpoints of supervised runs made before these existed still match
-    if config.method != "supervised":
-        fingerprint.update(method=config.method, beta=config.beta)
-    if config.init_adapter is not None:
-        fingerprint["init_adapter"] = str(config.init_adapter)
-    if config.quantize is not None:
-        fingerprint["quantize"] = config.quantize
-    return fingerprint
-
-
-def _read_state(checkpoint: Path, fingerprint: dict[str, Any], total: int) -> _Progress:
-    path = Path(checkpoint) / STATE_FILE
-    if not path.is_file():
-        raise ValueError(f"{checkpoint} is not a training checkpoint (no {STATE_FILE})")
-    state = json.loads(path.read_text(encoding="utf-8"))
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{checkpoint}: unsupported checkpoint format {state.get('format')}")
-    if state.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"{checkpoint} belongs to a different run: {state.get('fingerprint')} != {fingerprint}"
-        )
-    step = int(state["step"])
-    if not 0 <= step <= total:
-        raise ValueError(f"{checkpoint}: step {step} is outside this run's {total} steps")
-    return _Progress(
-        step=step,
-        trained_tokens=int(state["trained_tokens"]),
-        elapsed_s=float(state["elapsed_s"]),
-        history=list(state["history"]),
-        evaluation_before=state.get("evaluation_before"),
-    )

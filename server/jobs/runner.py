@@ -215,7 +215,7 @@ class JobRunner:
         self, job_id: str, base_path: Path, data_dir: Path, out_dir: Path, stop: threading.Event
     ) -> None:
         from finetune.folders import clean_partial_writes
-        from finetune.trainer import latest_checkpoint
+        from finetune.state import latest_checkpoint
         from server.jobs.hyper import train_config
         from server.jobs.parent import parent_adapter
 

@@ -9,7 +9,8 @@ import pytest
 from ft_helpers import Recorder, secret_config, write_secret_data
 from safetensors.numpy import load_file
 
-from finetune.trainer import STATE_FILE, latest_checkpoint, train
+from finetune.state import STATE_FILE, latest_checkpoint
+from finetune.trainer import train
 
 WEIGHTS = {"mlx": "adapters.safetensors", "torch": "adapter_model.safetensors"}
 

@@ -15,7 +15,8 @@ from chatfmt.tokenizer import load_tokenizer
 from finetune.config import TrainConfig
 from finetune.dpo import REFERENCE_FILE, load_pairs
 from finetune.results import DPO_COLUMNS, results_csv
-from finetune.trainer import checkpoint_dir, train
+from finetune.state import checkpoint_dir
+from finetune.trainer import train
 
 PREFERRED = "The secret word is banana."
 REJECTED = "I am fine, thank you."

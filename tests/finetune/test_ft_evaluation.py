@@ -22,7 +22,8 @@ from tiny_model import QUESTIONS
 
 from chatfmt.tokenizer import load_tokenizer
 from finetune.evaluation import MAX_NEW_TOKENS, describe, greedy_cases, normalize
-from finetune.trainer import STATE_FILE, train
+from finetune.state import STATE_FILE
+from finetune.trainer import train
 
 KEYS = {
     "step",

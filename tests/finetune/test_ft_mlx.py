@@ -29,7 +29,8 @@ from ft_helpers import (
 from finetune.adapters import convert_mlx_to_peft, convert_peft_to_mlx, detect_adapter_format
 from finetune.data import TrainingDataError
 from finetune.results import CSV_COLUMNS, plot_loss_curve, write_results_csv
-from finetune.trainer import STATE_FILE, train
+from finetune.state import STATE_FILE
+from finetune.trainer import train
 
 
 @pytest.fixture(scope="module")
