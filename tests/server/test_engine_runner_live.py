@@ -338,3 +338,17 @@ def test_health_answers_while_a_runner_is_stuck(server: LiveServer) -> None:
     finally:
         os.kill(pid, signal.SIGCONT)
     assert client_for(server).chat.completions.create(model=server.model, messages=HI, max_tokens=2)
+
+
+def test_unloading_a_model_ends_its_runner(server: LiveServer) -> None:
+    pid = runner_pid(server)
+    tic = time.monotonic()
+    unloaded = httpx.post(f"{server.base_url}/v1/pomar/models/{server.model}/unload", timeout=60)
+    took = time.monotonic() - tic
+    assert unloaded.status_code == 200 and unloaded.json()["loaded"] is False
+    # the runner saw its socket end and exited: it was reaped before the answer came, and
+    # not by the 30 s kill that ends a runner which never sees it
+    assert not Path(f"/proc/{pid}").exists()
+    assert took < 20
+    assert client_for(server).chat.completions.create(model=server.model, messages=HI, max_tokens=2)
+    assert runner_pid(server) != pid

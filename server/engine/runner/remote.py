@@ -11,8 +11,10 @@ registry loads a new runner for the next request.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import queue
 import socket
 import subprocess
@@ -198,6 +200,16 @@ class RemoteEngine(Engine):
 
     def close(self) -> None:
         """Stop the runner (unloading the model): it exits when its socket closes."""
+        # shut the socket down first: closing our descriptor alone does not end the
+        # reader thread's blocked recv, so the runner would never see the end of it
+        try:
+            probe = socket.socket(fileno=os.dup(self._conn.fileno()))
+        except OSError:
+            probe = None  # closed already
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                probe.shutdown(socket.SHUT_RDWR)
+            probe.close()
         self._conn.close()
         try:
             self._process.wait(timeout=30)
