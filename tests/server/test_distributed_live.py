@@ -154,3 +154,40 @@ def test_rank_one_killed_mid_run_resumes_and_succeeds(
     died = [m for m in messages if m.startswith("The training process died")]
     assert len(died) == 1 and "resumes from its checkpoint at step" in died[0], messages
     assert sum("data-parallel on 2 ranks" in m for m in messages) == 2
+
+
+def test_cancel_stops_every_rank(two_rank_server: LiveServer, tmp_path: Path) -> None:
+    client = client_for(two_rank_server)
+    file_id = upload(client, write_training_file(tmp_path / "train.jsonl"))
+    job = client.fine_tuning.jobs.create(
+        model=two_rank_server.model,
+        training_file=file_id,
+        method=hyper(40),  # type: ignore[arg-type]
+    )
+    deadline = time.monotonic() + 300
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.monotonic() < deadline, "no checkpoint came"
+        time.sleep(0.2)
+    launcher = next(
+        e.data["pid"]  # type: ignore[index]
+        for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        if e.message.startswith("Training runs in process")
+    )
+    rank_one = _rank_one(launcher)
+    assert rank_one is not None
+    client.fine_tuning.jobs.cancel(job.id)
+    done = wait_for(client, job.id, TERMINAL, timeout=120)
+    assert done.status == "cancelled"
+    # every process of the group ended (rank 0 stopped at a step the ranks agreed on)
+    deadline = time.monotonic() + 30
+    while (_running(launcher) or _running(rank_one)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(launcher) and not _running(rank_one)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
