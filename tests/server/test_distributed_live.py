@@ -19,6 +19,7 @@ import openai
 import pytest
 from finetune_data import SECRET, write_training_file
 from live_server import LiveServer, client_for
+from openai.types.fine_tuning import FineTuningJob
 from test_fine_tuning_live import TERMINAL, upload, wait_for
 
 LR_MULTIPLIER = 30.0  # as tests/server/test_fine_tuning_live.py: the tiny random model's
@@ -125,15 +126,16 @@ def _rank_one(launcher: int) -> int | None:
     return None
 
 
-def test_rank_one_killed_mid_run_resumes_and_succeeds(
-    two_rank_server: LiveServer, tmp_path: Path
-) -> None:
-    client = client_for(two_rank_server)
+def _training_on_two_ranks(
+    client: openai.OpenAI, server: LiveServer, tmp_path: Path
+) -> tuple[FineTuningJob, int]:
+    """A long 2-rank job (480 steps: it must outlast the kill or the cancel), once it
+    wrote its first checkpoint; and its launcher's pid."""
     file_id = upload(client, write_training_file(tmp_path / "train.jsonl"))
     job = client.fine_tuning.jobs.create(
-        model=two_rank_server.model,
+        model=server.model,
         training_file=file_id,
-        method=hyper(40),  # type: ignore[arg-type]
+        method=hyper(40, batch_size=1),  # type: ignore[arg-type]
         seed=2,
     )
     deadline = time.monotonic() + 300
@@ -145,6 +147,14 @@ def test_rank_one_killed_mid_run_resumes_and_succeeds(
         for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
         if e.message.startswith("Training runs in process")
     )
+    return job, int(launcher)
+
+
+def test_rank_one_killed_mid_run_resumes_and_succeeds(
+    two_rank_server: LiveServer, tmp_path: Path
+) -> None:
+    client = client_for(two_rank_server)
+    job, launcher = _training_on_two_ranks(client, two_rank_server, tmp_path)
     victim = _rank_one(launcher)
     assert victim is not None, "rank 1 not found"
     os.kill(victim, signal.SIGKILL)
@@ -158,21 +168,7 @@ def test_rank_one_killed_mid_run_resumes_and_succeeds(
 
 def test_cancel_stops_every_rank(two_rank_server: LiveServer, tmp_path: Path) -> None:
     client = client_for(two_rank_server)
-    file_id = upload(client, write_training_file(tmp_path / "train.jsonl"))
-    job = client.fine_tuning.jobs.create(
-        model=two_rank_server.model,
-        training_file=file_id,
-        method=hyper(40),  # type: ignore[arg-type]
-    )
-    deadline = time.monotonic() + 300
-    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
-        assert time.monotonic() < deadline, "no checkpoint came"
-        time.sleep(0.2)
-    launcher = next(
-        e.data["pid"]  # type: ignore[index]
-        for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
-        if e.message.startswith("Training runs in process")
-    )
+    job, launcher = _training_on_two_ranks(client, two_rank_server, tmp_path)
     rank_one = _rank_one(launcher)
     assert rank_one is not None
     client.fine_tuning.jobs.cancel(job.id)
