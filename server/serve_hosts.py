@@ -31,7 +31,7 @@ from typing import Any
 
 from server.engine.mlx.doorbell import DOORBELL_ENV, Doorbell
 from server.errors import ModelLoadError
-from server.jobs.launch import MLX_LAUNCH
+from server.jobs.launch import mlx_launch_argv
 from server.settings import Settings
 
 log = logging.getLogger("pomar")
@@ -162,20 +162,11 @@ def _launch(ranks: list[Rank], envs: list[str], argv: list[str]) -> int:
         bell = _free_port()
         while ring <= bell < ring + len(ranks):
             bell = _free_port()
+        rank_env = {**_rank_env(ranks), DOORBELL_ENV: f"{ranks[0].ip}:{bell}"}
         command = [
-            sys.executable,
-            "-c",
-            MLX_LAUNCH,
-            "--backend",
-            "ring",
-            "--hostfile",
-            str(hostfile),
-            "--starting-port",
-            str(ring),
+            *mlx_launch_argv(hostfile, ring, rank_env),
             "--cwd",
             os.getcwd(),
-            *[f"--env={k}={v}" for k, v in _rank_env(ranks).items()],
-            f"--env={DOORBELL_ENV}={ranks[0].ip}:{bell}",
             "--",
             sys.executable,
             "-m",

@@ -158,6 +158,23 @@ MLX_LAUNCH = (
 )
 
 
+def mlx_launch_argv(hostfile: Path, starting_port: int, env: dict[str, str]) -> list[str]:
+    """`mlx.launch` (without its busy loop) over the ring of `hostfile`, each rank with
+    `env`; the caller appends its own options and the rank's command."""
+    return [
+        sys.executable,
+        "-c",
+        MLX_LAUNCH,
+        "--backend",
+        "ring",
+        "--hostfile",
+        str(hostfile),
+        "--starting-port",
+        str(starting_port),
+        *[f"--env={key}={value}" for key, value in env.items()],
+    ]
+
+
 def child_argv(engine: str, control: str) -> list[str]:
     """The rank program: `server.jobs.trainchild` in rank mode."""
     return [sys.executable, "-m", "server.jobs.trainchild", "--rank", engine, control]
@@ -172,20 +189,7 @@ def mlx_command(hosts: list[Host], control: str, hostfile: Path) -> list[str]:
         for _ in range(host.slots)
     ]
     hostfile.write_text(json.dumps({"hosts": entries}), encoding="utf-8")
-    env = [f"--env={key}={value}" for key, value in rank_env(hosts).items()]
-    return [
-        sys.executable,
-        "-c",
-        MLX_LAUNCH,
-        "--backend",
-        "ring",
-        "--hostfile",
-        str(hostfile),
-        "--starting-port",
-        str(free_port()),
-        *env,
-        *child_argv("mlx", control),
-    ]
+    return [*mlx_launch_argv(hostfile, free_port(), rank_env(hosts)), *child_argv("mlx", control)]
 
 
 def torch_commands(hosts: list[Host], control: str) -> list[list[str]]:
