@@ -154,12 +154,7 @@ class MLXEngine(Engine):
         limit = min(params.max_tokens, room)
         if limit <= 0 or not prompt_ids:
             return
-        processors = _penalties(mx, params)
-        if params.constraint is not None:
-            # last: the mask has the final word on which ids may be sampled
-            processors.append(_masker(mx, params.constraint()))
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
-        sampler = make_sampler(mx, params.temperature, params.top_p, seed, params.top_k)
+        sampler, processors = request_sampling(mx, params)
         adapter = job_state().get(_ADAPTER, self._adapter_key)
         sequence = self._scheduler.open(prompt_ids, adapter, sampler, processors, limit)
         cached: int | None = sequence.cached
@@ -178,6 +173,17 @@ class MLXEngine(Engine):
                     return
         finally:
             self._scheduler.close(sequence)
+
+
+def request_sampling(mx: Any, params: GenerationParams) -> tuple[Any, list[Any]]:
+    """A request's sampler (seeded: its own seed, else a fresh one) and its logits
+    processors (penalties and logit_bias, then the grammar's mask)."""
+    processors = _penalties(mx, params)
+    if params.constraint is not None:
+        # last: the mask has the final word on which ids may be sampled
+        processors.append(_masker(mx, params.constraint()))
+    seed = params.seed if params.seed is not None else random.getrandbits(32)
+    return make_sampler(mx, params.temperature, params.top_p, seed, params.top_k), processors
 
 
 def _penalties(mx: Any, params: GenerationParams) -> list[Any]:

@@ -17,7 +17,6 @@ on every rank in lockstep (`server.engine.mlx.lockstep`); the other ranks run `f
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,14 +26,12 @@ from server.engine.base import Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.mlx.backend import (
     SCORE_STEP,
     _context_length,
-    _masker,
-    _penalties,
     _sampled,
     _scored,
+    request_sampling,
 )
 from server.engine.mlx.doorbell import Doorbell
 from server.engine.mlx.lockstep import Lockstep
-from server.engine.mlx.sampling import make_sampler
 from server.engine.templates import end_of_turn_ids
 from server.errors import InvalidRequest
 
@@ -224,11 +221,7 @@ class ShardedEngine(Engine):
         limit = min(params.max_tokens, self._context - len(prompt_ids))
         if limit <= 0 or not prompt_ids:
             return
-        processors = _penalties(mx, params)
-        if params.constraint is not None:
-            processors.append(_masker(mx, params.constraint()))
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
-        sampler = make_sampler(mx, params.temperature, params.top_p, seed, params.top_k)
+        sampler, processors = request_sampling(mx, params)
         if self._open:
             raise RuntimeError("the sharded engine runs one sequence at a time")
         cache = make_prompt_cache(self.model)
