@@ -18,6 +18,15 @@ import openai
 API_KEY = "test-key-123"
 
 
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (Linux: /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:

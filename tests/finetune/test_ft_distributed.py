@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ft_helpers import Recorder, secret_config, write_secret_data
+from live_server import process_running
 from safetensors.numpy import load_file
 
 from finetune.adapters import MLX_WEIGHTS, PEFT_WEIGHTS
@@ -139,18 +140,10 @@ def test_a_rank_killed_mid_run_ends_it_as_a_crash(
     # nothing of the group is left behind (a zombie is gone once init reaps it)
     time.sleep(1)
     assert len(recorder.group) >= 2
-    assert [pid for pid in recorder.group if _running(pid)] == []
+    assert [pid for pid in recorder.group if process_running(pid)] == []
     # the checkpoint written before the kill is complete: a resume starts from it
     checkpoints = sorted((tmp_path / "out" / "checkpoints").glob("step-*"))
     assert all((c / "trainer_state.json").is_file() for c in checkpoints)
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_what_rank_zero_sends_the_others(tmp_path: Path, tiny_model_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 from finetune_data import SECRET, write_training_file
-from live_server import LiveServer, client_for
+from live_server import LiveServer, client_for, process_running
 from openai.types.fine_tuning import FineTuningJob
 from test_fine_tuning_live import TERMINAL, upload, wait_for
 
@@ -176,14 +176,6 @@ def test_cancel_stops_every_rank(two_rank_server: LiveServer, tmp_path: Path) ->
     assert done.status == "cancelled"
     # every process of the group ended (rank 0 stopped at a step the ranks agreed on)
     deadline = time.monotonic() + 30
-    while (_running(launcher) or _running(rank_one)) and time.monotonic() < deadline:
+    while (process_running(launcher) or process_running(rank_one)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _running(launcher) and not _running(rank_one)
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert not process_running(launcher) and not process_running(rank_one)
