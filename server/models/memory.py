@@ -6,7 +6,8 @@ on a CPU compute in float32, so bf16 weights count double; a GGUF is held as its
 plus the KV cache in fp16 (layers × 2 × KV heads × head dim × tokens × 2 bytes), plus 10 %
 of the weights for activations and runtime buffers. Admission counts the KV cache at
 `ADMISSION_CONTEXT` tokens (the GGUF engine's first allocation; every engine's cache
-grows on demand), `models info` at the context asked for. The fine-tune estimate
+grows on demand, and the registry raises a loaded model's figure to what its runner
+holds as it grows), `models info` at the context asked for. The fine-tune estimate
 (`datalab.estimate`, through `pomar data check --model`) takes its weights from
 `held_weights` for the trainer the model would use, and adds what training needs on top
 (LoRA state, activations).

@@ -157,7 +157,8 @@ class ModelRegistry:
         return self._residency.budget if self._residency is not None else None
 
     def loaded(self) -> list[LoadedModel]:
-        """The base models loaded now, oldest load first."""
+        """The base models loaded now, oldest load first (memory as of now)."""
+        self._refresh_memory()
         return list(self._loaded.values())
 
     def get(self, model_id: str) -> LoadedModel:
@@ -247,9 +248,7 @@ class ModelRegistry:
             # a runner's memory is measured once it is loaded (engine_process): what it
             # holds when that is more than the estimate (weights read lazily may not be
             # resident yet: the estimate stays the floor)
-            measure = getattr(model.engine, "resident_bytes", None)
-            measured = measure() if measure is not None else None
-            model.memory = max(need, measured or 0)
+            model.memory = max(need, _measured(model))
             self._loaded[spec.id] = model
             log.info(
                 "loaded %s on %s in %.1f s: ~%.2f GB reckoned, resident memory %+.2f GB "
@@ -266,7 +265,17 @@ class ModelRegistry:
             return model
 
     def _in_use(self) -> int:
+        self._refresh_memory()
         return sum(m.memory for m in self._loaded.values())
+
+    def _refresh_memory(self) -> None:
+        """Raise each loaded model's figure to what its runner holds now: a KV cache
+        grows with use (the GGUF engine's from 2,048 positions up to its context for every
+        sequence, MLX's prompt cache up to its bound), so the figure reckoned at load
+        undercounts a model that has served long conversations. Never lowered: llama.cpp
+        keeps a grown cache, and freed pages may come back."""
+        for model in self._loaded.values():
+            model.memory = max(model.memory, _measured(model))
 
     async def _make_room(self, need: int, budget: int) -> None:
         """Unload least-recently-used idle models until `need` fits; wait for busy ones."""
@@ -339,3 +348,9 @@ def _clear_mlx_cache() -> None:
     clear = getattr(mx, "clear_cache", None)
     if clear is not None:
         clear()
+
+
+def _measured(model: LoadedModel) -> int:
+    """What the model's engine runner holds now (engine_process), else 0 (not measured)."""
+    measure = getattr(model.engine, "resident_bytes", None)
+    return (measure() if measure is not None else None) or 0
