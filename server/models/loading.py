@@ -250,9 +250,9 @@ def load_engine(
     """Load the weights at `path` with the named backend (heavy imports happen here).
 
     `mlx_options` are the MLX engine's batching and prompt-cache bounds (keyword
-    arguments of `MLXEngine`; the GGUF engine takes `max_batch_size` and `draft_tokens`);
-    `context` caps the model's context length; `draft` is the GGUF that drafts under
-    speculative=draft (GGUF engine).
+    arguments of `MLXEngine`; the GGUF engine takes `max_batch_size` and `draft_tokens`;
+    `draft_tokens` is prompt lookup's on MLX and torch); `context` caps the model's
+    context length; `draft` is the GGUF that drafts under speculative=draft (GGUF engine).
     """
     if backend == "gguf":
         if importlib.util.find_spec("llama_cpp") is None:
@@ -293,7 +293,9 @@ def load_engine(
         from server.engine.mlx.backend import MLXEngine
 
         bounds = {k: v for k, v in (mlx_options or {}).items() if k != "draft_tokens"}
-        return MLXEngine(path, **bounds, context=context)
+        # prompt lookup only: a draft model drafts on the GGUF engine alone
+        drafts = (mlx_options or {}).get("draft_tokens", 0) if draft is None else 0
+        return MLXEngine(path, **bounds, context=context, draft_tokens=drafts)
     if backend == "torch":
         from server.engine.torch.backend import TorchEngine
 

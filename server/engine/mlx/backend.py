@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,8 +13,11 @@ from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldS
 from server.engine.mlx.batching import BatchScheduler
 from server.engine.mlx.prompt_cache import PromptCache
 from server.engine.mlx.sampling import make_sampler
+from server.engine.mlx.speculative import Speculator, can_speculate
 from server.engine.templates import end_of_turn_ids
 from server.engine.worker import job_state
+
+log = logging.getLogger(__name__)
 
 #: the job-state key of the adapter a job's streams use
 _ADAPTER = "mlx.adapter"
@@ -31,7 +35,9 @@ class MLXEngine(Engine):
 
     Concurrent `token_stream`s opened on the worker thread share one batch per adapter
     (see `server.engine.mlx.batching`); the worker interleaves their consumers when its
-    concurrency allows (`max_concurrency`).
+    concurrency allows (`max_concurrency`). With `draft_tokens` > 0 each stream is
+    decoded alone by prompt lookup with verification instead
+    (`server.engine.mlx.speculative`).
     """
 
     backend = "mlx"
@@ -44,8 +50,11 @@ class MLXEngine(Engine):
         prompt_cache_entries: int = PROMPT_CACHE_ENTRIES,
         prompt_cache_bytes: int = PROMPT_CACHE_BYTES,
         context: int | None = None,
+        draft_tokens: int = 0,
     ) -> None:
-        """`context` caps the model's own context length (a per-model setting)."""
+        """`context` caps the model's own context length (a per-model setting);
+        `draft_tokens` > 0 turns on prompt-lookup speculation, up to that many drafted
+        tokens a step, when the model's KV cache can be trimmed."""
         import mlx.core as mx
         from mlx_lm import load
 
@@ -69,6 +78,15 @@ class MLXEngine(Engine):
         self._scheduler = BatchScheduler(
             model, self._switch_adapter, self.prompt_cache, self.max_batch_size
         )
+        self._speculator: Speculator | None = None
+        if draft_tokens > 0:
+            if can_speculate(model):
+                self._speculator = Speculator(
+                    model, self._switch_adapter, self.prompt_cache, draft_tokens
+                )
+            else:
+                # refused drafts could not be dropped from a rotating or recurrent cache
+                log.warning("%s: its KV cache cannot be trimmed, no speculation", model_path)
 
     def activate_adapter(self, adapter_dir: Path | None) -> None:
         # loads (and validates) it now; the batch of its requests switches to it per step.
@@ -99,23 +117,39 @@ class MLXEngine(Engine):
 
     @property
     def open_sequences(self) -> int:
-        """Token streams open in the batches now."""
-        return self._scheduler.active
+        """Token streams open now (in the batches, or speculating)."""
+        speculating = self._speculator.active if self._speculator is not None else 0
+        return self._scheduler.active + speculating
 
     @property
     def largest_batch(self) -> int:
         """The most streams one decode step has served together so far."""
         return self._scheduler.largest_batch
 
+    @property
+    def drafted(self) -> int:
+        """Tokens prompt lookup proposed so far (0 when speculation is off)."""
+        return self._speculator.drafted if self._speculator is not None else 0
+
+    @property
+    def accepted(self) -> int:
+        """Drafted tokens the model confirmed so far."""
+        return self._speculator.accepted if self._speculator is not None else 0
+
     def stats(self) -> dict[str, int]:
-        return {
+        own = {
             "max_batch_size": self.max_batch_size,
             "open_sequences": self.open_sequences,
             "largest_batch": self.largest_batch,
         }
+        if self._speculator is not None:
+            own |= {"drafted_tokens": self.drafted, "accepted_tokens": self.accepted}
+        return own
 
     def describe(self) -> str:
         device = "cpu, float32" if self._on_cpu else "gpu"
+        if self._speculator is not None:
+            return f"mlx ({device}, prompt lookup {self._speculator.draft_tokens})"
         return f"mlx ({device}, batch {self.max_batch_size})"
 
     def score(self, prompt_ids: list[int], top: int) -> list[Sampled]:
@@ -156,23 +190,45 @@ class MLXEngine(Engine):
             return
         sampler, processors = request_sampling(mx, params)
         adapter = job_state().get(_ADAPTER, self._adapter_key)
+        if self._speculator is not None:
+            alone = self._speculator.open(prompt_ids, adapter, sampler, processors, limit)
+            yield from _emit(mx, alone.cached, alone.tokens(), params.top_logprobs, should_stop)
+            return
         sequence = self._scheduler.open(prompt_ids, adapter, sampler, processors, limit)
-        cached: int | None = sequence.cached
         try:
             if self.max_batch_size > 1:
                 # let requests that arrived with this one join before the first step
                 yield PAUSE
-            while (step := self._scheduler.next(sequence)) is not None:
-                token, logprobs = step
-                sampled = _sampled(mx, token, logprobs, params.top_logprobs)
-                if cached is not None:
-                    sampled = replace(sampled, cached_tokens=cached)
-                    cached = None
-                yield sampled
-                if should_stop():
-                    return
+            steps = iter(lambda: self._scheduler.next(sequence), None)
+            yield from _emit(mx, sequence.cached, steps, params.top_logprobs, should_stop)
         finally:
             self._scheduler.close(sequence)
+
+
+def _emit(
+    mx: Any,
+    cached: int | None,
+    steps: Iterator[tuple[int, Any] | None],
+    top: int | None,
+    should_stop: ShouldStop,
+) -> Iterator[Sampled]:
+    """The (token, logprobs) steps as `Sampled`s, the first one with `cached`; ends
+    when `should_stop()` turns true after a token (closing `steps`)."""
+    try:
+        for step in steps:
+            assert step is not None
+            token, logprobs = step
+            sampled = _sampled(mx, token, logprobs, top)
+            if cached is not None:
+                sampled = replace(sampled, cached_tokens=cached)
+                cached = None
+            yield sampled
+            if should_stop():
+                return
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
 
 
 def request_sampling(mx: Any, params: GenerationParams) -> tuple[Any, list[Any]]:
