@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Prompt-lookup speculative decoding on the GGUF engine, against plain decoding.
+"""Prompt-lookup speculative decoding (GGUF, MLX or torch engine) against plain decoding.
 
-Two workloads, one stream at a time, greedy, in one process on the same loaded file:
+Two workloads, one stream at a time, greedy, in one process on the same model:
   * edit: "rewrite this 60-line file with one change" (the answer repeats the prompt);
   * chat: a question whose answer repeats nothing in particular.
 For each: decode tok/s without and with drafts (`--draft-tokens`), the ratio, how many
 drafted tokens the model confirmed, and whether the greedy tokens are the same. Each
 figure is the median of `--runs` runs, plain and drafting alternating; the prompt's cache
-is cleared before each run so both time the same work.
+is cleared before each run (MLX: the engines keep no prompt cache) so both time the
+same work. `--backend mlx` or `torch` loads the Hugging Face folder (`--model`, default
+the embedded model's) with that engine instead of its GGUF file.
 
-    .venv/bin/python scripts/bench_speculative.py [--gguf PATH] [--tokens 256] [--runs 3]
+    .venv/bin/python scripts/bench_speculative.py [--backend gguf|mlx|torch]
+        [--gguf PATH] [--model FOLDER] [--tokens 256] [--runs 3]
 """
 
 from __future__ import annotations
@@ -98,7 +101,9 @@ def run(engine: Any, ids: list[int], tokens: int) -> tuple[list[int], float]:
     """Greedy tokens of one completion and its decode tok/s (after the first token)."""
     from server.engine.base import PAUSE, GenerationParams
 
-    engine.clear_cache()
+    clear = getattr(engine, "clear_cache", None)
+    if clear is not None:
+        clear()
     params = GenerationParams(max_tokens=tokens, temperature=0.0)
     out: list[int] = []
     first = 0.0
@@ -114,28 +119,55 @@ def run(engine: Any, ids: list[int], tokens: int) -> tuple[list[int], float]:
     return out, (len(out) - 1) / rest if len(out) > 1 and rest > 0 else 0.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gguf", type=Path, help="a GGUF file (default: the embedded model)")
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--draft-tokens", type=int, default=8)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+def load(args: argparse.Namespace, draft_tokens: int) -> tuple[Any, str]:
+    """The engine the arguments name, decoding one stream; its model's name."""
+    if args.backend == "mlx":
+        from server.engine.mlx.backend import MLXEngine
 
+        folder = args.model or embedded_model()
+        engine = MLXEngine(
+            folder, max_batch_size=1, prompt_cache_entries=0, draft_tokens=draft_tokens
+        )
+        return engine, folder.name
+    if args.backend == "torch":
+        from server.engine.torch.backend import TorchEngine
+
+        folder = args.model or embedded_model()
+        return TorchEngine(folder, draft_tokens=draft_tokens), folder.name
     from server.engine.gguf.backend import GGUFEngine
-    from server.engine.templates import ChatTemplate
     from server.modelfiles import find_gguf
 
     folder = embedded_model() if args.gguf is None else args.gguf.parent
     gguf = args.gguf or find_gguf(folder)
     assert gguf is not None, f"no GGUF file in {folder}"
     hf = folder if (folder / "config.json").is_file() else None
-    plain = GGUFEngine(gguf, hf, max_batch_size=1)
-    drafting = GGUFEngine(gguf, hf, max_batch_size=1, draft_tokens=args.draft_tokens)
+    return GGUFEngine(gguf, hf, max_batch_size=1, draft_tokens=draft_tokens), gguf.name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("gguf", "mlx", "torch"), default="gguf")
+    parser.add_argument("--gguf", type=Path, help="a GGUF file (default: the embedded model)")
+    parser.add_argument(
+        "--model", type=Path, help="mlx, torch: a model folder (default: the embedded model)"
+    )
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--draft-tokens", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    from server.engine.templates import ChatTemplate
+
+    plain, name = load(args, 0)
+    drafting, _ = load(args, args.draft_tokens)
     template = ChatTemplate(plain.tokenizer)
-    load = LoadAverage()
-    results: dict[str, Any] = {"model": gguf.name, "draft_tokens": args.draft_tokens}
+    average = LoadAverage()
+    results: dict[str, Any] = {
+        "backend": args.backend,
+        "model": name,
+        "draft_tokens": args.draft_tokens,
+    }
     for name, text in WORKLOADS.items():
         ids = template.encode([{"role": "user", "content": text}])
         run(plain, ids, 8)  # warm up both
@@ -164,8 +196,8 @@ def main() -> None:
             "acceptance": round(accepted / drafted, 3) if drafted else None,
             "same_greedy_tokens": same,
         }
-    load.done()
-    results["load_average"] = load.caption()
+    average.done()
+    results["load_average"] = average.caption()
     head = ("workload", "plain tok/s", "ngram tok/s", "ratio", "accepted")
     print(f"{head[0]:<8} {head[1]:>12} {head[2]:>12} {head[3]:>6} {head[4]:>14} same")
     for name in WORKLOADS:

@@ -76,9 +76,11 @@ class Settings(BaseSettings):
     )
     speculative: Literal["off", "ngram", "draft"] = Field(
         "off",
-        description="Speculative decoding on the GGUF engine: 'ngram' drafts the next tokens "
-        "from the sequence's own earlier text (prompt lookup), 'draft' has draft_model draft "
-        "them; they are verified in one step, and the output is the same: docs/engines.md.",
+        description="Speculative decoding: 'ngram' drafts the next tokens from the "
+        "sequence's own earlier text (prompt lookup; GGUF, MLX and torch engines; on MLX "
+        "each stream then decodes alone, outside the batches), 'draft' has draft_model "
+        "draft them (GGUF engine); they are verified in one step, and the output is the "
+        "same: docs/engines.md.",
     )
     draft_model: str | None = Field(
         None,

@@ -29,7 +29,7 @@ class ModelOptions(BaseModel):
         None, ge=1, le=256, description="requests decoded together (MLX and GGUF engines)"
     )
     speculative: Literal["off", "ngram", "draft"] | None = Field(
-        None, description="speculative decoding (GGUF engine): off, ngram or draft"
+        None, description="speculative decoding: off, ngram (any engine) or draft (GGUF)"
     )
     draft_model: str | None = Field(
         None, description="the model that drafts under speculative=draft (same family)"
