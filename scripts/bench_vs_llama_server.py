@@ -33,6 +33,14 @@ llama.cpp's thread barriers and tokens take seconds on both servers.
     scripts/build_llama_server.sh                  # once: ~15 min on 2 cores
     .venv/bin/python scripts/bench_vs_llama_server.py --quick
     .venv/bin/python scripts/bench_vs_llama_server.py --streams 1,4,8,16 --json out.json
+
+`--prompts edit` asks each request to rewrite a 60-line Python file with one rename
+(bench_speculative.py's edit workload), so the answer repeats the prompt; with
+`--pomar-speculative ngram` pomar decodes it with prompt-lookup drafts, llama-server
+plainly (issue 19's goal: one such stream above llama-server's tok/s without drafts):
+
+    .venv/bin/python scripts/bench_vs_llama_server.py --prompts edit --streams 1 \
+        --max-tokens 256 --per-stream 3 --pomar-speculative ngram
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +93,10 @@ def prompt(kind: str, n: int) -> list[dict[str, str]]:
     chat template's preamble."""
     if kind == "short":
         return [{"role": "user", "content": f"Story {n}: {STORY}"}]
+    if kind == "edit":  # the answer repeats the prompt's file: what prompt lookup is for
+        from bench_speculative import WORKLOADS
+
+        return [{"role": "user", "content": f"Request {n}. {WORKLOADS['edit']}"}]
     text = f"Document {n}. Summarize this text in detail. " + PARAGRAPH * LONG_REPEATS
     return [{"role": "user", "content": text}]
 
@@ -254,7 +267,10 @@ def print_progress(row: dict[str, Any]) -> None:
 
 def run_pomar(args: Any, extra: dict[str, Any]) -> dict[str, Any]:
     """`pomar serve --backend gguf` (benchlib's LiveServer), measured."""
-    env: dict[str, str | None] = {"POMAR_MAX_BATCH_SIZE": str(args.batch)}
+    env: dict[str, str | None] = {
+        "POMAR_MAX_BATCH_SIZE": str(args.batch),
+        "POMAR_SPECULATIVE": args.pomar_speculative,
+    }
     server = LiveServer(model=args.pomar_model, backend="gguf", home=args.home, env=env)
     server.start(timeout=args.start_timeout)
     assert server.process is not None
@@ -402,6 +418,26 @@ def version_of(binary: Path | None) -> str | None:
     return lines[0] if lines else None
 
 
+def merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's rounds as one result: each row's figures are the medians over the
+    rounds, its failures and errors summed; the peak RSS is the highest."""
+    if len(runs) == 1:
+        return runs[0]
+    rows = []
+    for same in zip(*(run["rows"] for run in runs), strict=True):
+        row = dict(same[0])
+        for key in row.keys() - {"prompt", "streams", "errors"}:
+            values = [r[key] for r in same if isinstance(r[key], (int, float))]
+            row[key] = statistics.median(values) if values else None
+        row["failed"] = sum(r["failed"] for r in same)
+        row["requests"] = sum(r["requests"] for r in same)
+        row["errors"] = sorted({e for r in same for e in r["errors"]})[:5]
+        row["tok_s_rounds"] = [r["tok_s"] for r in same]
+        rows.append(row)
+    peak = max(run["rss_peak_bytes"] for run in runs)
+    return {**runs[0], "rows": rows, "rss_peak_bytes": peak, "rounds": runs}
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else spec.format(value)
 
@@ -468,7 +504,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gguf", type=Path, help="the GGUF (default: the embedded model's)")
     parser.add_argument("--llama-server", type=Path, help="default: build_llama_server.sh's")
     parser.add_argument("--streams", default="1,4,8,16", help="concurrency levels")
-    parser.add_argument("--prompts", default="short,long", help="short and/or long (~1k tok)")
+    parser.add_argument(
+        "--prompts", default="short,long", help="short, long (~1k tok) and/or edit (a file)"
+    )
+    parser.add_argument(
+        "--pomar-speculative",
+        choices=("off", "ngram"),
+        default="off",
+        help="pomar's POMAR_SPECULATIVE (llama-server decodes plainly either way)",
+    )
     parser.add_argument("--per-stream", type=int, default=2, help="requests each stream sends")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16, help="pomar's max batch, -np")
@@ -480,6 +524,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--wait-idle", type=float, default=0, help="wait up to S s for idle CPUs before each"
     )
     parser.add_argument("--only", choices=SERVERS, help="measure one server only")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of each server, alternating; medians"
+    )
     parser.add_argument("--home", type=Path, help="pomar's POMAR_HOME (default: its setting)")
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1,4 streams, short")
@@ -489,8 +536,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.streams, args.prompts, args.per_stream = "1,4", "short", 1
     args.streams = [int(s) for s in str(args.streams).split(",")]
     args.prompts = [p for p in str(args.prompts).split(",") if p]
-    if any(p not in ("short", "long") for p in args.prompts):
-        parser.error("--prompts takes short and/or long")
+    if any(p not in ("short", "long", "edit") for p in args.prompts):
+        parser.error("--prompts takes short, long and/or edit")
     return args
 
 
@@ -519,14 +566,16 @@ def main(argv: list[str] | None = None) -> int:
         "pomar": run_pomar,
         "llama-server": run_llama_server,
     }
-    results: dict[str, Any] = {}
-    for name in SERVERS:
-        if args.only in (None, name):
-            if args.wait_idle:
-                wait_idle(args.wait_idle)
-            load = load or LoadAverage()  # after the first wait
-            print(f"{name}:", file=sys.stderr, flush=True)
-            results[name] = runners[name](args, extra)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for round_ in range(args.rounds):  # alternating, so a busy spell hits both servers
+        for name in SERVERS:
+            if args.only in (None, name):
+                if args.wait_idle:
+                    wait_idle(args.wait_idle)
+                load = load or LoadAverage()  # after the first wait
+                print(f"{name} (round {round_ + 1} of {args.rounds}):", file=sys.stderr)
+                runs.setdefault(name, []).append(runners[name](args, extra))
+    results = {name: merged(done) for name, done in runs.items()}
     assert load is not None
     load.done()
     load.warn()
@@ -537,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         "per_stream": args.per_stream,
         "max_tokens": args.max_tokens,
         "batch": args.batch,
+        "rounds": args.rounds,
+        "pomar_speculative": args.pomar_speculative,
         "threads": args.threads,
         "stop_tokens_biased": [] if args.natural_stop else stops,
         "pomar_commit": git_describe(),
@@ -548,7 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     caption = (
         f"{args.gguf.name}: {args.max_tokens} greedy tokens"
         f"{'' if args.natural_stop else ' (EOS biased away)'}, {args.per_stream} request(s) "
-        f"per stream, batch {args.batch}, {args.threads} threads; {load.caption()}"
+        f"per stream, batch {args.batch}, {args.threads} threads, median of {args.rounds} "
+        f"alternating round(s), pomar speculative "
+        f"{args.pomar_speculative}; {load.caption()}"
     )
     blob: dict[str, Any] = {"config": config, "servers": results}
     if len(results) == len(SERVERS):
