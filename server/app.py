@@ -269,7 +269,7 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
         "max_batch_size": _pick(own.max_batch_size, settings.max_batch_size),
         "prompt_cache_entries": _pick(own.prompt_cache_entries, settings.prompt_cache_entries),
         "prompt_cache_bytes": _pick(own.prompt_cache_mb, settings.prompt_cache_mb) << 20,
-        # the GGUF engine's prompt-lookup speculation: 0 drafts when off
+        # speculative decoding (GGUF drafts; prompt lookup on MLX and torch): 0 when off
         "draft_tokens": 0
         if (own.speculative or settings.speculative) == "off"
         else _pick(own.draft_tokens, settings.draft_tokens),
