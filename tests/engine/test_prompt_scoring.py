@@ -64,7 +64,9 @@ def torch_log_softmax(model: Any, ids: list[int]) -> np.ndarray:
 def llama_log_softmax(gguf_file: Path, ids: list[int], *, f32_cache: bool) -> np.ndarray:
     """llama-cpp-python's own scores for `ids` (logits_all), as log-softmax in float64.
 
-    `f32_cache`: a float32 KV cache, as the GGUF engine keeps for an all-f32 file.
+    `f32_cache`: a float32 KV cache, as the GGUF engine keeps for an all-f32 file;
+    otherwise llama.cpp's f16 cache with flash attention, as the engine serves other files
+    (flash attention moves a Q4_1 file's logprobs by up to ~0.3: the reference must match).
     """
     import llama_cpp
     from llama_cpp import Llama
@@ -81,6 +83,7 @@ def llama_log_softmax(gguf_file: Path, ids: list[int], *, f32_cache: bool) -> np
         type_v=kv,
         n_threads=threads,
         n_threads_batch=threads,
+        flash_attn=not f32_cache,
         verbose=False,
     )
     try:
