@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 #: how long a stream waits for its runner's next item before letting the worker serve
 #: the other streams (PAUSE); well under a token's decode time
 WAIT_S = 0.005
+#: the same wait for the only stream open on the runner. Each PAUSE wakes the event loop
+#: (an empty chunk), and on 2 cores those wake-ups take CPU from llama.cpp's threads
+#: (one stream through the server: 64 tok/s against llama-server's 75 with 5 ms waits,
+#: docs/engines.md); longer waits only delay a new request's start by as much
+ALONE_WAIT_S = 0.025
 
 
 class EngineCrashed(PomarError):
@@ -147,7 +152,7 @@ class RemoteEngine(Engine):
                 try:
                     # another stream's item waiting: hand the worker over at once; else
                     # wait here a little for ours (the runner sends a step's all together)
-                    event = inbox.get(block=not self._others_ready(inbox), timeout=WAIT_S)
+                    event = inbox.get(**self._wait(inbox))
                 except queue.Empty:
                     if should_stop():
                         return
@@ -229,12 +234,15 @@ class RemoteEngine(Engine):
             raise rebuild(event.value, self.name)
         return event.value
 
-    def _others_ready(self, mine: queue.SimpleQueue[Event]) -> bool:
-        """Whether another open request has an item waiting (then a stream with none
-        yields to the worker at once instead of waiting for its own)."""
+    def _wait(self, mine: queue.SimpleQueue[Event]) -> dict[str, Any]:
+        """How a stream waits for its next item: not at all when another open request
+        has one waiting (the worker serves that one first), briefly when others are open,
+        longer when it is the only one."""
         with self._lock:
-            inboxes = list(self._inboxes.values())
-        return any(inbox is not mine and not inbox.empty() for inbox in inboxes)
+            others = [inbox for inbox in self._inboxes.values() if inbox is not mine]
+        if any(not inbox.empty() for inbox in others):
+            return {"block": False}
+        return {"block": True, "timeout": WAIT_S if others else ALONE_WAIT_S}
 
     def _open(self, request: int) -> queue.SimpleQueue[Event]:
         inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
