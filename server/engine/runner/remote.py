@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 #: the other streams (PAUSE); well under a token's decode time
 WAIT_S = 0.005
 #: the same wait for the only stream open on the runner. Each PAUSE wakes the event loop
-#: (an empty chunk), and on 2 cores those wake-ups take CPU from llama.cpp's threads
-#: (one stream through the server: 64 tok/s against llama-server's 75 with 5 ms waits,
-#: docs/engines.md); longer waits only delay a new request's start by as much
+#: (an empty chunk): with 5 ms waits, twice a token on the embedded model, CPU that 2
+#: cores' llama.cpp threads need (docs/engines.md); a longer wait only delays a new
+#: request's start by as much
 ALONE_WAIT_S = 0.025
 
 
