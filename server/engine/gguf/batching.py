@@ -27,7 +27,7 @@ from typing import Any
 
 from server.engine.base import PAUSE, Sampled
 from server.engine.gguf.rows import MAX_ROWS, Memory, Rows, row_logits
-from server.engine.lookup import lookup_draft
+from server.engine.lookup import DraftSizer, lookup_draft
 from server.engine.sampling import CompletionSampler
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ PREFILL_STEP = 256
 #: the shortest cached prefix worth copying from another slot (llama.cpp copies whole
 #: streams across slots: for a few tokens, reading them again costs less)
 COPY_MIN = 16
-#: drafted tokens a sequence's acceptance is judged on; below DRAFT_KEEP of them
-#: confirmed, it drafts nothing for DRAFT_PAUSE steps
-DRAFT_JUDGED = 16
-DRAFT_KEEP = 0.4
-DRAFT_PAUSE = 16
 
 #: what a drafter is asked for each sequence: its slot, its tokens so far, how many to draft
 DraftRequest = tuple[int, list[int], int]
@@ -93,12 +88,8 @@ class Sequence:
     #: prompt tokens the cache already held when it got its slot
     cached: int = 0
     ready: deque[Sampled] = field(default_factory=deque)
-    #: its recent drafted and confirmed tokens, and steps left before it drafts again
-    drafted: int = 0
-    accepted: int = 0
-    draft_pause: int = 0
-    #: how many tokens its next draft may have (grows while drafts are confirmed)
-    draft_size: int = 2
+    #: how many tokens its next draft may have, from how its drafts fared
+    sizer: DraftSizer = field(default_factory=DraftSizer)
     finished: bool = False
     error: BaseException | None = None
 
@@ -317,11 +308,8 @@ class GGUFBatcher:
         for sequence in ready:
             slot = sequence.slot
             assert slot is not None
-            size = min(self._draft_tokens, sequence.draft_size, free)
+            size = min(self._draft_tokens, sequence.sizer.allowed(), free)
             size = min(size, sequence.budget - 1, stream - len(slot.tokens) - 1)
-            if sequence.draft_pause:
-                sequence.draft_pause -= 1
-                size = 0
             free -= max(0, size)
             asks.append((slot.seq_id, [*slot.tokens, sequence.feed], max(0, size)))
         wanted = [a for a in asks if a[2]]
@@ -381,19 +369,10 @@ class GGUFBatcher:
                 self.memory.drop(slot.seq_id, len(slot.tokens))
 
     def _judge(self, sequence: Sequence, drafted: int, matched: int) -> None:
-        """Count a verified draft and size the next one; a sequence whose drafts the model
-        mostly refuses stops drafting for a while. On a CPU a step of 9 rows costs ~3
-        one-row steps (the embedded model, 2 cores): refused drafts slow the text down."""
+        """Count a verified draft and size the sequence's next one (`DraftSizer`)."""
         self.drafted += drafted
         self.accepted += matched
-        sequence.drafted += drafted
-        sequence.accepted += matched
-        # all confirmed: draft twice as far next time; else as far as was confirmed, + 1
-        sequence.draft_size = 2 * drafted if matched == drafted else matched + 1
-        if sequence.drafted >= DRAFT_JUDGED:
-            if sequence.accepted < sequence.drafted * DRAFT_KEEP:
-                sequence.draft_pause = DRAFT_PAUSE
-            sequence.drafted = sequence.accepted = 0
+        sequence.sizer.judge(drafted, matched)
 
     def _fail(self, group: list[Sequence], error: BaseException) -> None:
         """A decode failed: the cache's state is unknown, so every slot starts afresh."""

@@ -19,17 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from server.engine.lookup import lookup_draft
+from server.engine.lookup import DraftSizer, lookup_draft
 from server.engine.mlx.batching import PREFILL_STEP
 from server.engine.mlx.prompt_cache import PromptCache
-
-#: drafted tokens a sequence's acceptance is judged on; below DRAFT_KEEP of them
-#: confirmed, it drafts nothing for DRAFT_PAUSE steps (as the GGUF engine does)
-DRAFT_JUDGED = 16
-DRAFT_KEEP = 0.4
-DRAFT_PAUSE = 16
-#: the size of a sequence's first draft; it doubles while drafts are confirmed in full
-FIRST_DRAFT = 2
 
 
 def can_speculate(model: Any) -> bool:
@@ -120,9 +112,8 @@ class SpeculativeSequence:
         self._hit = owner._cache.fetch(adapter, prompt)
         #: prompt tokens that came from the prompt cache
         self.cached = self._hit.cached
-        # how far the next draft may reach, and how the recent drafts fared
-        self._size = FIRST_DRAFT
-        self._judged = self._confirmed = self._pause = 0
+        #: how far the next draft may reach, from how the recent drafts fared
+        self._sizer = DraftSizer()
 
     def tokens(self) -> Iterator[tuple[int, Any]]:
         """Each sampled token with its logprob vector, up to the limit.
@@ -203,23 +194,12 @@ class SpeculativeSequence:
 
     def _draft(self, room: int) -> list[int]:
         """The next draft: none while paused, at most `room` (the limit) or its size."""
-        if self._pause:
-            self._pause -= 1
-            return []
-        size = min(self._owner.draft_tokens, self._size, room)
+        size = min(self._owner.draft_tokens, self._sizer.allowed(), room)
         return lookup_draft(self._history, size) if size > 0 else []
 
     def _judge(self, drafted: int, confirmed: int) -> None:
-        """Count a verified draft and size the next one (as the GGUF engine does): twice
-        as far after a full match, else as far as was confirmed + 1; a sequence whose
-        drafts are mostly refused stops drafting for a while."""
+        """Count a verified draft and size the next one (`DraftSizer`)."""
         owner = self._owner
         owner.drafted += drafted
         owner.accepted += confirmed
-        self._size = 2 * drafted if confirmed == drafted else confirmed + 1
-        self._judged += drafted
-        self._confirmed += confirmed
-        if self._judged >= DRAFT_JUDGED:
-            if self._confirmed < self._judged * DRAFT_KEEP:
-                self._pause = DRAFT_PAUSE
-            self._judged = self._confirmed = 0
+        self._sizer.judge(drafted, confirmed)
