@@ -38,6 +38,7 @@ from server.models.residency import (
     LoadedModel,
     ModelSpec,
     Residency,
+    measured_bytes,
 )
 from server.routes import (
     chat,
@@ -234,8 +235,7 @@ async def load_default_model(settings: Settings, engine: Engine | None) -> Loade
     log.info("backend: %s (%s)", backend, why)
     spec = ModelSpec(settings.model, path, backend, int(time.time()), pinned=True, options=options)
     model = await load_model(spec, settings)
-    measure = getattr(model.engine, "resident_bytes", None)  # a runner's, measured
-    measured: int | None = measure() if measure is not None else None
+    measured = measured_bytes(model.engine)  # a runner's
     if measured is None:
         measured = await asyncio.to_thread(serving_memory, path, model.engine.backend)
     model.memory = measured

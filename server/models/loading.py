@@ -284,6 +284,8 @@ def load_engine(
             from server.engine.mlx.openblas import status
 
             log.info(status(os.environ))
+    # prompt lookup only on MLX and torch: a draft model drafts on the GGUF engine alone
+    drafts = (mlx_options or {}).get("draft_tokens", 0) if draft is None else 0
     if backend in ("mlx", "torch") and not (path / "config.json").is_file():
         raise ModelLoadError(
             f"{path} is not a Hugging Face model folder: the {backend} engine cannot load a "
@@ -293,13 +295,9 @@ def load_engine(
         from server.engine.mlx.backend import MLXEngine
 
         bounds = {k: v for k, v in (mlx_options or {}).items() if k != "draft_tokens"}
-        # prompt lookup only: a draft model drafts on the GGUF engine alone
-        drafts = (mlx_options or {}).get("draft_tokens", 0) if draft is None else 0
         return MLXEngine(path, **bounds, context=context, draft_tokens=drafts)
     if backend == "torch":
         from server.engine.torch.backend import TorchEngine
 
-        # prompt lookup only: a draft model drafts on the GGUF engine alone
-        drafts = (mlx_options or {}).get("draft_tokens", 0) if draft is None else 0
         return TorchEngine(path, context=context, draft_tokens=drafts)
     raise ModelLoadError(f"unknown backend '{backend}'")

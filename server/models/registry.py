@@ -33,6 +33,7 @@ from server.models.residency import (
     LoadedModel,
     ModelSpec,
     Residency,
+    measured_bytes,
     rss_bytes,
     wait_until,
 )
@@ -248,7 +249,7 @@ class ModelRegistry:
             # a runner's memory is measured once it is loaded (engine_process): what it
             # holds when that is more than the estimate (weights read lazily may not be
             # resident yet: the estimate stays the floor)
-            model.memory = max(need, _measured(model))
+            model.memory = max(need, measured_bytes(model.engine) or 0)
             self._loaded[spec.id] = model
             log.info(
                 "loaded %s on %s in %.1f s: ~%.2f GB reckoned, resident memory %+.2f GB "
@@ -275,7 +276,7 @@ class ModelRegistry:
         undercounts a model that has served long conversations. Never lowered: llama.cpp
         keeps a grown cache, and freed pages may come back."""
         for model in self._loaded.values():
-            model.memory = max(model.memory, _measured(model))
+            model.memory = max(model.memory, measured_bytes(model.engine) or 0)
 
     async def _make_room(self, need: int, budget: int) -> None:
         """Unload least-recently-used idle models until `need` fits; wait for busy ones."""
@@ -348,9 +349,3 @@ def _clear_mlx_cache() -> None:
     clear = getattr(mx, "clear_cache", None)
     if clear is not None:
         clear()
-
-
-def _measured(model: LoadedModel) -> int:
-    """What the model's engine runner holds now (engine_process), else 0 (not measured)."""
-    measure = getattr(model.engine, "resident_bytes", None)
-    return (measure() if measure is not None else None) or 0

@@ -98,6 +98,12 @@ def rss_bytes() -> int:
     return process_rss() or 0
 
 
+def measured_bytes(engine: Engine) -> int | None:
+    """What a runner engine holds now (engine_process, on Linux), else None."""
+    measure = getattr(engine, "resident_bytes", None)
+    return measure() if measure is not None else None
+
+
 class Lease:
     """A request's hold on a model: while held, the model is not unloaded."""
 

@@ -49,7 +49,7 @@ class Outbox:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._items: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._items: queue.SimpleQueue[Event] = queue.SimpleQueue()
         #: held while sending; `_waiting` counts items put for the thread and not yet sent
         self._lock = threading.Lock()
         self._waiting = 0
@@ -66,23 +66,16 @@ class Outbox:
         self._items.put(event)
 
     def _send(self) -> None:
-        while (first := self._items.get()) is not None:
-            batch: list[Event] = [first]
-            closing = False
+        while True:  # a daemon thread: it ends with the runner
+            batch = [self._items.get()]
             while True:  # everything made meanwhile rides along
                 try:
-                    more = self._items.get_nowait()
+                    batch.append(self._items.get_nowait())
                 except queue.Empty:
                     break
-                if more is None:
-                    closing = True
-                    break
-                batch.append(more)
             with self._lock:
                 self._send_now(batch)
                 self._waiting -= len(batch)
-            if closing:
-                return
 
     def _send_now(self, batch: list[Event]) -> None:
         try:

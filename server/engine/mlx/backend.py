@@ -126,24 +126,15 @@ class MLXEngine(Engine):
         """The most streams one decode step has served together so far."""
         return self._scheduler.largest_batch
 
-    @property
-    def drafted(self) -> int:
-        """Tokens prompt lookup proposed so far (0 when speculation is off)."""
-        return self._speculator.drafted if self._speculator is not None else 0
-
-    @property
-    def accepted(self) -> int:
-        """Drafted tokens the model confirmed so far."""
-        return self._speculator.accepted if self._speculator is not None else 0
-
     def stats(self) -> dict[str, int]:
         own = {
             "max_batch_size": self.max_batch_size,
             "open_sequences": self.open_sequences,
             "largest_batch": self.largest_batch,
         }
-        if self._speculator is not None:
-            own |= {"drafted_tokens": self.drafted, "accepted_tokens": self.accepted}
+        speculator = self._speculator
+        if speculator is not None:
+            own |= {"drafted_tokens": speculator.drafted, "accepted_tokens": speculator.accepted}
         return own
 
     def describe(self) -> str:
