@@ -202,7 +202,7 @@ def test_job_loss_curve_then_side_by_side(page: Any, server: LiveServer, tmp_pat
     page.click("#start-job")
     page.locator("#job-training-file").wait_for()
     assert page.input_value("#job-training-file") == file_id
-    page.fill("#job-epochs", "20")
+    page.fill("#job-epochs", "40")
     page.fill("#job-batch", "1")
     page.fill("#job-lr", "30")
     page.fill("#job-suffix", "console")
@@ -221,7 +221,12 @@ def test_job_loss_curve_then_side_by_side(page: Any, server: LiveServer, tmp_pat
     final = int(chart.get_attribute("data-points") or 0)
     # the curve gained points while the job ran, and more by its end
     running = [n for s, n in seen if s == "running" and n > 0]
-    assert running and final > min(running), seen
+    # the curve was drawn while the job ran (it started empty) and kept every point by its
+    # end. Whether a poll lands mid-training is timing: the tiny model trains in about a
+    # second, so a strict "grew again" check failed on a fast machine (all points came
+    # within one 1.5 s poll while the after-training evaluation kept the job running).
+    assert seen[0][1] == 0, seen
+    assert running and final >= max(running), seen
     chart.locator("canvas").wait_for()
     page.locator("#eval-h").wait_for()  # the before/after evaluation
     page.locator("text=Result files").wait_for()
