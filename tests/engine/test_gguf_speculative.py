@@ -159,6 +159,42 @@ def test_a_draft_model_drafts_for_a_whole_batch(
     assert got == want and self_drafting.largest_batch == 4
 
 
+def test_a_draft_model_reads_a_long_history_once(
+    plain: GGUFEngine, tiny_gguf_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A history longer than the draft cache's first streams grows them once, with room
+    for the answer: before, each doubling lost the cache and read the history again."""
+    engine = GGUFEngine(
+        tiny_gguf_path,
+        tiny_gguf_path.parent,
+        max_batch_size=2,
+        draft_tokens=6,
+        draft_model=tiny_gguf_path,
+    )
+    draft = engine._batcher._drafter
+    fed = 0
+    add = Rows.add
+
+    def counting(self: Rows, *args: object, **kwargs: object) -> int:
+        nonlocal fed
+        if self is draft._rows:
+            fed += 1
+        return add(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Rows, "add", counting)
+    ids = encode(plain, " ".join(f"item {i}," for i in range(100)))
+    assert len(ids) > 256  # past the draft cache's first 256 positions a stream
+    params = replace(GREEDY, max_tokens=60)
+    plain.clear_cache()
+    want = complete(plain, ids, params, NEVER)
+    got = complete(engine, ids, params, NEVER)
+    assert [s.token for s in got.tokens] == [s.token for s in want.tokens]
+    drafted = engine.stats()["drafted_tokens"]
+    assert drafted > 20
+    # the history once, plus at most the drafts and the confirmed tokens
+    assert fed <= len(ids) + len(got.tokens) + drafted, (fed, len(ids))
+
+
 def test_a_draft_model_of_another_vocabulary_is_refused(
     tiny_gguf_path: Path, embedded_model_path: Path
 ) -> None:

@@ -126,8 +126,10 @@ class DraftModel:
         return int(self.llama.n_ctx()) // self._slots
 
     def _grow(self, positions: int) -> None:
+        # room for twice what is needed now: a new context loses the cache, and each loss
+        # means reading every stream's history again (a 409-token prompt twice over)
         size = self._stream()
-        while size < positions:
+        while size < 2 * positions:
             size *= 2
         new_context(self.llama, min(size, self._context), self._slots)
         self._memory = Memory(self.llama.ctx)
