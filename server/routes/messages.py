@@ -15,15 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.errors import PomarError, anthropic_envelope
-from server.protocol.messages import (
+from server.protocol.message_answer import (
     AnthropicError,
-    CountTokensRequest,
     Message,
-    MessagesRequest,
     MessageStreamEvent,
     MessageTokensCount,
     PingEvent,
 )
+from server.protocol.messages import CountTokensRequest, MessagesRequest
 from server.routes.common import event_stream, json_body, json_response, unless_disconnected
 from server.routes.spec import api_route
 from server.services.generation import begin

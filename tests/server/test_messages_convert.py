@@ -16,10 +16,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from server.errors import InvalidRequest
-from server.protocol.messages import MessagesRequest, MessageStartEvent
+from server.protocol.message_answer import MessageStartEvent
+from server.protocol.messages import MessagesRequest
 from server.routes.common import event_stream
 from server.routes.messages import _error_event, _event, _ping
-from server.services.messages import _folding, chat_request
+from server.services.message_request import chat_request
+from server.services.messages import _folding
 
 PLAIN = SimpleNamespace(reasoning=None, variables=frozenset())
 SWITCH = SimpleNamespace(reasoning=SimpleNamespace(switch="enable_thinking"), variables=frozenset())
