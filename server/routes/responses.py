@@ -12,14 +12,9 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.protocol.responses import (
-    DeletedResponse,
-    InputItemList,
-    InputItemsQuery,
-    ResponseCreateRequest,
-    StreamEvent,
-)
+from server.protocol.responses import DeletedResponse, InputItemList, InputItemsQuery, StreamEvent
 from server.protocol.responses import Response as ResponseObject
+from server.protocol.responses_request import ResponseCreateRequest
 from server.routes.common import event_stream, json_body, json_response, unless_disconnected
 from server.routes.spec import api_route
 from server.services.generation import begin

@@ -26,7 +26,6 @@ from server.protocol.responses import (
     CustomToolCall,
     ErrorEvent,
     FunctionCall,
-    FunctionToolParam,
     IncompleteDetails,
     InputTokensDetails,
     Logprob,
@@ -41,7 +40,6 @@ from server.protocol.responses import (
     ReasoningOut,
     ReasoningText,
     Response,
-    ResponseCreateRequest,
     ResponseError,
     ResponseLifecycleEvent,
     ResponseUsage,
@@ -52,6 +50,7 @@ from server.protocol.responses import (
     TopLogprob,
     UnservedTool,
 )
+from server.protocol.responses_request import FunctionToolParam, ResponseCreateRequest
 from server.services.chat import ChatService, PreparedChat
 from server.store.responses import ResponseRecord, ResponseRepository
 

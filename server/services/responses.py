@@ -31,22 +31,26 @@ from server.errors import InvalidRequest, NotFound, PomarError
 from server.models.residency import LoadedModel
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.responses import (
-    CustomToolCallItem,
-    CustomToolCallOutputItem,
-    CustomToolParam,
     ErrorEvent,
-    FunctionCallItem,
-    FunctionCallOutputItem,
-    FunctionToolParam,
-    HostedToolParam,
     InputItemList,
     InputItemsQuery,
-    MessageItem,
-    ReasoningInputItem,
     Response,
-    ResponseCreateRequest,
     ResponseLifecycleEvent,
     UnservedTool,
+)
+from server.protocol.responses_input import (
+    CustomToolCallItem,
+    CustomToolCallOutputItem,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    MessageItem,
+    ReasoningInputItem,
+)
+from server.protocol.responses_request import (
+    CustomToolParam,
+    FunctionToolParam,
+    HostedToolParam,
+    ResponseCreateRequest,
 )
 from server.services.chat import ChatService
 from server.services.response_stream import (

@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter
 from server.errors import EngineError, InvalidRequest, NotFound
 from server.protocol.chat import ChatCompletionChunk, ChunkChoice, Delta
 from server.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
-from server.protocol.responses import ResponseCreateRequest
+from server.protocol.responses_request import ResponseCreateRequest
 from server.protocol.tools import DeltaCustom, DeltaFunction, DeltaToolCall
 from server.services.responses import PreparedResponse, ResponseService, _drop_oldest
 from server.store import Store
