@@ -2,15 +2,15 @@
 items and stream events (`ResponseStream`), the response is stored at the end.
 
 Split from `server.services.responses` (the request side: input items, tools, chains).
+The turn itself is in `server.services.response_turn`; each output item and the events
+that open and finish it in `server.services.response_items`.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,139 +19,34 @@ from server.errors import PomarError
 from server.protocol.chat import ChatCompletionChunk, ChoiceLogprobs
 from server.protocol.responses import (
     ArgumentsDeltaEvent,
-    ArgumentsDoneEvent,
-    ContentPartEvent,
     CustomInputDeltaEvent,
-    CustomInputDoneEvent,
-    CustomToolCall,
     ErrorEvent,
-    FunctionCall,
     IncompleteDetails,
     InputTokensDetails,
-    Logprob,
     OutputItem,
-    OutputItemEvent,
-    OutputMessage,
-    OutputText,
     OutputTokensDetails,
     ReasoningDeltaEvent,
-    ReasoningDoneEvent,
-    ReasoningItem,
     ReasoningOut,
-    ReasoningText,
     Response,
     ResponseError,
     ResponseLifecycleEvent,
     ResponseUsage,
     TextDeltaEvent,
-    TextDoneEvent,
     TextFormatOut,
     TextOut,
-    TopLogprob,
-    UnservedTool,
 )
-from server.protocol.responses_request import FunctionToolParam, ResponseCreateRequest
-from server.services.chat import ChatService, PreparedChat
+from server.protocol.responses_request import FunctionToolParam
+from server.services.chat import ChatService
+from server.services.response_items import (
+    StreamedItem,
+    added_events,
+    done_events,
+    response_logprobs,
+)
+from server.services.response_turn import PreparedResponse, new_id
 from server.store.responses import ResponseRecord, ResponseRepository
 
 log = logging.getLogger(__name__)
-
-
-def new_id(prefix: str) -> str:
-    """A random id like OpenAI's, e.g. `resp_...`, `msg_...`."""
-    return f"{prefix}_{secrets.token_hex(24)}"
-
-
-@dataclass
-class EventCounter:
-    """The stream's `sequence_number`s, shared with the route's error event."""
-
-    value: int = 0
-
-    def next(self) -> int:
-        number = self.value
-        self.value += 1
-        return number
-
-
-@dataclass
-class ResponseTurn:
-    """A validated Responses request, converted, before a model is leased."""
-
-    request: ResponseCreateRequest
-    #: the chat service's request (without sampling limits that depend on the model)
-    chat: dict[str, Any]
-    #: this request's own input items, ids assigned (stored with the response)
-    input_items: list[dict[str, Any]]
-    #: tools left out of the prompt
-    unserved: list[UnservedTool]
-    #: index in the request's `tools` of each tool given to the chat service
-    tool_index: list[int]
-    #: where the replayed chain ends in `chat["messages"]` (truncation never cuts the
-    #: instructions)
-    system_count: int
-    id: str = field(default_factory=lambda: new_id("resp"))
-    created_at: int = field(default_factory=lambda: int(time.time()))
-    events: EventCounter = field(default_factory=EventCounter)
-
-    @property
-    def model(self) -> str:
-        return self.request.model
-
-    @property
-    def stream(self) -> bool:
-        return bool(self.request.stream)
-
-
-@dataclass(frozen=True)
-class PreparedResponse:
-    turn: ResponseTurn
-    chat: PreparedChat
-
-
-# -- answer: chat chunks -> Responses events -------------------------------------------------
-
-
-@dataclass
-class _Item:
-    """An output item being streamed."""
-
-    kind: str  # reasoning | message | function_call | custom_tool_call
-    id: str
-    output_index: int
-    text: str = ""
-    logprobs: list[Logprob] = field(default_factory=list)
-    call_id: str = ""
-    name: str = ""
-
-    def done(self, status: str) -> OutputItem:
-        """The finished item."""
-        if self.kind == "reasoning":
-            return ReasoningItem(id=self.id, content=[ReasoningText(text=self.text)], status=status)
-        if self.kind == "message":
-            part = OutputText(text=self.text, logprobs=self.logprobs)
-            return OutputMessage(id=self.id, status=status, content=[part])
-        if self.kind == "function_call":
-            return FunctionCall(
-                id=self.id,
-                call_id=self.call_id,
-                name=self.name,
-                arguments=self.text,
-                status=status,
-            )
-        return CustomToolCall(id=self.id, call_id=self.call_id, name=self.name, input=self.text)
-
-    def started(self) -> OutputItem:
-        """The item as `response.output_item.added` shows it."""
-        if self.kind == "reasoning":
-            return ReasoningItem(id=self.id, content=[], status="in_progress")
-        if self.kind == "message":
-            return OutputMessage(id=self.id, status="in_progress", content=[])
-        if self.kind == "function_call":
-            return FunctionCall(
-                id=self.id, call_id=self.call_id, name=self.name, arguments="", status="in_progress"
-            )
-        return CustomToolCall(id=self.id, call_id=self.call_id, name=self.name, input="")
 
 
 class ResponseStream:
@@ -164,10 +59,10 @@ class ResponseStream:
         self._store = store
         self._prepared = prepared
         self._turn = prepared.turn
-        self._items: list[_Item] = []
+        self._items: list[StreamedItem] = []
         self._done: list[OutputItem] = []
-        self._open: _Item | None = None
-        self._calls: dict[int, _Item] = {}
+        self._open: StreamedItem | None = None
+        self._calls: dict[int, StreamedItem] = {}
         self._finish: str | None = None
         self._usage: ResponseUsage | None = None
 
@@ -336,88 +231,18 @@ class ResponseStream:
 
     def _open_item(self, kind: str, call_id: str = "", name: str = "") -> list[BaseModel]:
         prefix = {"reasoning": "rs", "message": "msg", "function_call": "fc"}.get(kind, "ctc")
-        item = _Item(kind, new_id(prefix), len(self._items), call_id=call_id, name=name)
+        item = StreamedItem(kind, new_id(prefix), len(self._items), call_id=call_id, name=name)
         self._items.append(item)
         self._open = item
-        events: list[BaseModel] = [
-            OutputItemEvent(
-                type="response.output_item.added",
-                sequence_number=self._seq(),
-                output_index=item.output_index,
-                item=item.started(),
-            )
-        ]
-        if kind in ("reasoning", "message"):
-            part = ReasoningText(text="") if kind == "reasoning" else OutputText(text="")
-            events.append(
-                ContentPartEvent(
-                    type="response.content_part.added",
-                    sequence_number=self._seq(),
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    content_index=0,
-                    part=part,
-                )
-            )
-        return events
+        return added_events(item, self._seq)
 
     def _close(self, status: str) -> list[BaseModel]:
         """Finish the open item (`status` is the last item's: completed or incomplete)."""
         item, self._open = self._open, None
         if item is None:
             return []
-        seq, events = self._seq, list[BaseModel]()
-        where = {"item_id": item.id, "output_index": item.output_index}
-        if item.kind == "reasoning":
-            events.append(
-                ReasoningDoneEvent(sequence_number=seq(), content_index=0, text=item.text, **where)
-            )
-            events.append(
-                ContentPartEvent(
-                    type="response.content_part.done",
-                    sequence_number=seq(),
-                    content_index=0,
-                    part=ReasoningText(text=item.text),
-                    **where,
-                )
-            )
-        elif item.kind == "message":
-            events.append(
-                TextDoneEvent(
-                    sequence_number=seq(),
-                    content_index=0,
-                    text=item.text,
-                    logprobs=item.logprobs,
-                    **where,
-                )
-            )
-            events.append(
-                ContentPartEvent(
-                    type="response.content_part.done",
-                    sequence_number=seq(),
-                    content_index=0,
-                    part=OutputText(text=item.text, logprobs=item.logprobs),
-                    **where,
-                )
-            )
-        elif item.kind == "function_call":
-            events.append(
-                ArgumentsDoneEvent(
-                    sequence_number=seq(), name=item.name, arguments=item.text, **where
-                )
-            )
-        else:
-            events.append(CustomInputDoneEvent(sequence_number=seq(), input=item.text, **where))
-        done = item.done(status)
+        done, events = done_events(item, status, self._seq)
         self._done.append(done)
-        events.append(
-            OutputItemEvent(
-                type="response.output_item.done",
-                sequence_number=seq(),
-                output_index=item.output_index,
-                item=done,
-            )
-        )
         return events
 
     def _text(self, kind: str, text: str, logprobs: ChoiceLogprobs | None) -> list[BaseModel]:
@@ -432,7 +257,7 @@ class ResponseStream:
         if kind == "reasoning":
             events.append(ReasoningDeltaEvent(sequence_number=self._seq(), delta=text, **where))
             return events
-        pieces = _logprobs(logprobs) if self._turn.request.logprobs else []
+        pieces = response_logprobs(logprobs) if self._turn.request.logprobs else []
         item.logprobs += pieces
         events.append(
             TextDeltaEvent(sequence_number=self._seq(), delta=text, logprobs=pieces, **where)
@@ -477,23 +302,6 @@ def _echo(tool: BaseModel) -> dict[str, Any]:
         out["parameters"] = tool.parameters
         out["strict"] = tool.strict is not False
     return out
-
-
-def _logprobs(logprobs: ChoiceLogprobs | None) -> list[Logprob]:
-    if logprobs is None or not logprobs.content:
-        return []
-    return [
-        Logprob(
-            token=entry.token,
-            logprob=entry.logprob,
-            bytes=entry.bytes or [],
-            top_logprobs=[
-                TopLogprob(token=top.token, logprob=top.logprob, bytes=top.bytes or [])
-                for top in entry.top_logprobs
-            ],
-        )
-        for entry in logprobs.content
-    ]
 
 
 #: ResponseError.code values OpenAI lists; anything else is a server_error

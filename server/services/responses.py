@@ -53,12 +53,8 @@ from server.protocol.responses_request import (
     ResponseCreateRequest,
 )
 from server.services.chat import ChatService
-from server.services.response_stream import (
-    PreparedResponse,
-    ResponseStream,
-    ResponseTurn,
-    new_id,
-)
+from server.services.response_stream import ResponseStream
+from server.services.response_turn import PreparedResponse, ResponseTurn, new_id
 from server.store.responses import ResponseRepository
 
 log = logging.getLogger(__name__)
