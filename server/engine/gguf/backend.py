@@ -237,7 +237,7 @@ class GGUFEngine(Engine):
             return None
         from server.engine.gguf.draft import DraftModel
 
-        draft = DraftModel(gguf_file, self.llama, self.max_batch_size, self._threads)
+        draft = DraftModel(gguf_file, self.llama, self.max_batch_size, self._threads, self._context)
         log.info("speculative decoding: %s drafts for %s", draft.name, self.gguf_file.name)
         return draft
 

@@ -27,8 +27,11 @@ _VOCAB_PROBES = 64
 class DraftModel:
     """A GGUF model that drafts for a served one with the same vocabulary."""
 
-    def __init__(self, gguf_file: Path, target: Any, slots: int, threads: int) -> None:
-        """Load `gguf_file`; `target` is the served model's llama_cpp.Llama.
+    def __init__(
+        self, gguf_file: Path, target: Any, slots: int, threads: int, context: int
+    ) -> None:
+        """Load `gguf_file`; `target` is the served model's llama_cpp.Llama, `context`
+        the most positions it holds for one sequence (the draft never needs more).
 
         Raises:
             ModelLoadError: not a GGUF llama.cpp reads, or another vocabulary.
@@ -56,7 +59,7 @@ class DraftModel:
         self._slots = slots
         self._vocab = self.llama.n_vocab()
         self._target_vocab = int(target.n_vocab())
-        self._context = int(self.llama._model.n_ctx_train())
+        self._context = min(int(self.llama._model.n_ctx_train()), context)
         new_context(self.llama, 256, slots)
         self._memory = Memory(self.llama.ctx)
         self._rows = Rows(MAX_ROWS)
