@@ -219,7 +219,6 @@ def test_job_loss_curve_then_side_by_side(page: Any, server: LiveServer, tmp_pat
         page.wait_for_timeout(300)
     assert status == "succeeded", page.locator("main").inner_text()
     final = int(chart.get_attribute("data-points") or 0)
-    # the curve gained points while the job ran, and more by its end
     running = [n for s, n in seen if s == "running" and n > 0]
     # the curve was drawn while the job ran (it started empty) and kept every point by its
     # end. Whether a poll lands mid-training is timing: the tiny model trains in about a
