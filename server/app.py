@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from server.engine.base import Engine
 from server.engine.embeddings import EmbeddingModel
+from server.engine.loop_worker import LoopWorker
 from server.engine.templates import ChatTemplate, sampling_defaults
 from server.engine.worker import GenerationWorker
 from server.errors import ModelLoadError, PomarError, envelope_for, error_envelope
@@ -263,7 +264,8 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
 
         log.info(status(os.environ))
     draft = await _draft_model(spec, settings)
-    worker = GenerationWorker(spec.backend)
+    # a runner's streams advance on the event loop: fewer thread wake-ups a token
+    worker = (LoopWorker if settings.engine_process else GenerationWorker)(spec.backend)
     started = time.perf_counter()
     options = {
         "max_batch_size": _pick(own.max_batch_size, settings.max_batch_size),

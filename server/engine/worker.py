@@ -54,6 +54,18 @@ def job_state() -> dict[str, Any]:
     return state
 
 
+@contextlib.contextmanager
+def job_context(state: dict[str, Any]) -> Iterator[None]:
+    """Make `state` this thread's `job_state()` for the block: a job advanced elsewhere
+    than on a worker thread (the event loop, `server.engine.loop_worker`)."""
+    previous = getattr(_local, "state", None)
+    _local.state = state
+    try:
+        yield
+    finally:
+        _local.state = previous
+
+
 class GenerationWorker:
     """Runs jobs in submission order on a dedicated thread, `concurrency` at a time."""
 
@@ -112,11 +124,13 @@ class GenerationWorker:
         return future
 
     async def stream(
-        self, produce: Callable[[Callable[[], bool]], Iterator[T]]
+        self, produce: Callable[[Callable[[], bool]], Iterator[T]], *, blocking: bool = False
     ) -> AsyncIterator[T]:
         """Queue `produce(should_stop)` and yield its items as the worker makes them.
 
         Leaving the loop early (break, exception, task cancellation) cancels the job.
+        `blocking` (the producer waits on its engine, e.g. to score a prompt) changes
+        nothing here: every job runs on the thread (see `LoopWorker`).
         """
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

@@ -188,7 +188,9 @@ class CompletionService:
         results = [_Result() for _ in range(len(job.prompts) * job.candidates)]
         scores: dict[int, list[Sampled]] = {}
         heard = trace(self._observer, job.model.id)
-        async for item in job.model.worker.stream(_producer(job, heard)):
+        async for item in job.model.worker.stream(
+            _producer(job, heard), blocking=job.scores_prompts
+        ):
             if isinstance(item, PromptScores):
                 scores[item.prompt] = item.scores
                 continue
@@ -252,7 +254,9 @@ class CompletionService:
         scores: dict[int, list[Sampled]] = {}
         generated = cached = 0
         heard = trace(self._observer, job.model.id)
-        async for item in job.model.worker.stream(_producer(job, heard)):
+        async for item in job.model.worker.stream(
+            _producer(job, heard), blocking=job.scores_prompts
+        ):
             if isinstance(item, PromptScores):
                 scores[item.prompt] = item.scores
                 continue

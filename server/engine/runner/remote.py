@@ -20,13 +20,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
+from server.engine.loop_worker import loop_waker, starve
 from server.engine.runner.process import exit_description, rss_bytes
 from server.engine.runner.wire import (
     Call,
@@ -85,6 +86,8 @@ class RemoteEngine(Engine):
         self.completed = 0
         self._ids = itertools.count(1)
         self._inboxes: dict[int, queue.SimpleQueue[Event]] = {}
+        #: the wakers of requests advanced on the event loop (`LoopWorker`)
+        self._wakers: dict[int, Callable[[], None]] = {}
         self._lock = threading.Lock()
 
     def wait_ready(self) -> RemoteEngine:
@@ -144,20 +147,31 @@ class RemoteEngine(Engine):
             grammar=grammar,
             adapter=job_state().get("remote_adapter"),
         )
-        inbox = self._open(message.request)
+        waker = loop_waker()
+        inbox = self._open(message.request, waker)
         finished = tokens = False
         try:
             self._send(message)
             while True:
-                try:
-                    # another stream's item waiting: hand the worker over at once; else
-                    # wait here a little for ours (the runner sends a step's all together)
-                    event = inbox.get(**self._wait(inbox))
-                except queue.Empty:
-                    if should_stop():
-                        return
-                    yield PAUSE  # let the worker advance the other streams meanwhile
-                    continue
+                if waker is not None:  # on the event loop: never wait here
+                    try:
+                        event = inbox.get_nowait()
+                    except queue.Empty:
+                        if should_stop():
+                            return
+                        starve()  # the loop sleeps until the reader wakes it
+                        yield PAUSE
+                        continue
+                else:
+                    try:
+                        # another stream's item waiting: hand the worker over at once;
+                        # else wait here a little for ours (a step's items come together)
+                        event = inbox.get(**self._wait(inbox))
+                    except queue.Empty:
+                        if should_stop():
+                            return
+                        yield PAUSE  # let the worker advance the other streams meanwhile
+                        continue
                 if event.kind == "item":
                     tokens = True
                     yield event.value
@@ -223,6 +237,9 @@ class RemoteEngine(Engine):
             self._process.wait()
 
     def _call(self, method: str, *args: Any) -> Any:
+        if loop_waker() is not None:
+            # it would block the event loop: such producers ask for the worker thread
+            raise EngineError(f"{method} waits for the runner: not from the event loop")
         message = Call(next(self._ids), method, args, job_state().get("remote_adapter"))
         inbox = self._open(message.request)
         try:
@@ -239,22 +256,31 @@ class RemoteEngine(Engine):
         has one waiting (the worker serves that one first), briefly when others are open,
         longer when it is the only one."""
         with self._lock:
-            others = [inbox for inbox in self._inboxes.values() if inbox is not mine]
+            others = [
+                inbox
+                for request, inbox in self._inboxes.items()
+                if inbox is not mine and request not in self._wakers  # the loop's own
+            ]
         if any(not inbox.empty() for inbox in others):
             return {"block": False}
         return {"block": True, "timeout": WAIT_S if others else ALONE_WAIT_S}
 
-    def _open(self, request: int) -> queue.SimpleQueue[Event]:
+    def _open(
+        self, request: int, waker: Callable[[], None] | None = None
+    ) -> queue.SimpleQueue[Event]:
         inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         with self._lock:
             if self._crashed is not None:
                 raise self._crash_error()
             self._inboxes[request] = inbox
+            if waker is not None:
+                self._wakers[request] = waker
         return inbox
 
     def _close(self, request: int) -> None:
         with self._lock:
             self._inboxes.pop(request, None)
+            self._wakers.pop(request, None)
 
     def _send(self, message: Any) -> None:
         try:
@@ -270,20 +296,28 @@ class RemoteEngine(Engine):
             except (EOFError, OSError):
                 self._closed.set()
                 break
+            wake: dict[int, Callable[[], None]] = {}
             with self._lock:
                 for event in batch:
                     inbox = self._inboxes.get(event.request)
                     if inbox is not None:
                         inbox.put(event)
+                        if event.request in self._wakers:
+                            wake[event.request] = self._wakers[event.request]
+            for waker in wake.values():  # once a request, however many items came
+                waker()
         self._process.wait()
         with self._lock:
             self._crashed = self._how()
             inboxes, self._inboxes = self._inboxes, {}
+            wakers, self._wakers = self._wakers, {}
         if inboxes or self._process.returncode != 0:
             log.error("the runner of %s died (%s)", self.name, self.crashed)
         error = Failure("EngineCrashed", self._crashed or "")
         for request, inbox in inboxes.items():
             inbox.put(Event(request, "error", error))
+        for waker in wakers.values():
+            waker()
 
     def _how(self) -> str:
         code = self._process.poll()
