@@ -120,6 +120,9 @@ class GGUFBatcher:
         self._rows = Rows(MAX_ROWS)
         self._clock = itertools.count(1)
         self.memory = Memory(llama.ctx)
+        #: `stream_cells`, read once a context (a ctypes call through llama_cpp's wrapper
+        #: every step showed in the profile of one stream's step)
+        self._cells = int(llama.n_ctx()) // slots
         self._draft_tokens = draft_tokens
         self._drafter: Drafter = drafter or _lookup
         #: the most sequences one step has decoded together so far
@@ -135,6 +138,7 @@ class GGUFBatcher:
     def reset(self) -> None:
         """The context was replaced: no slot holds anything; open sequences read again."""
         self.memory = Memory(self._llama.ctx)
+        self._cells = int(self._llama.n_ctx()) // len(self._slots)
         for slot in self._slots:
             self._invalidate(slot)
 
@@ -185,7 +189,7 @@ class GGUFBatcher:
 
     def stream_cells(self) -> int:
         """Positions each sequence's stream of the cache holds now."""
-        return int(self._llama.n_ctx()) // len(self._slots)
+        return self._cells
 
     # -- slots -------------------------------------------------------------------
 
