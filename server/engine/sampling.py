@@ -153,7 +153,8 @@ class CompletionSampler:
         )
 
     def next(self, logits: Floats) -> Sampled:
-        """The next token from `logits` (float32, the caller's own copy: changed in place)."""
+        """The next token from `logits` (float32, changed in place: the caller's own copy,
+        or a buffer the engine writes over at its next step)."""
         scores = self._adjust(logits)
         if self._constraint is not None:
             scores[~self._constraint.allowed(scores.shape[-1])] = -np.inf
