@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
-from server.engine.worker import GenerationWorker, job_context, job_state
+from server.engine.worker import GenerationWorker, close_producer, job_context, job_state
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class LoopWorker(GenerationWorker):
             cancel.set()
             if items is not None:
                 with job_context(state):
-                    _close(items)
+                    close_producer(items)
             self._release()
 
     async def _admit(self) -> None:
@@ -127,13 +127,3 @@ class LoopWorker(GenerationWorker):
             if not turn.done():
                 self._active += 1
                 turn.set_result(None)
-
-
-def _close(items: Iterator[Any]) -> None:
-    """Close a producer now, so it releases its engine state (its runner request)."""
-    close = getattr(items, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception:
-            log.exception("closing a generation failed")

@@ -220,13 +220,13 @@ class GenerationWorker:
             return False
         job.push((_ITEM, item))
         if job.cancel.is_set():
-            _close(items)
+            close_producer(items)
             job.push((_DONE, None))
             return False
         return True
 
 
-def _close(items: Iterator[Any]) -> None:
+def close_producer(items: Iterator[Any]) -> None:
     """Close a producer now, so it releases its engine state (e.g. its batch slot)."""
     close = getattr(items, "close", None)
     if close is not None:
