@@ -64,12 +64,18 @@ def test_codex_exec_answers_through_pomar(
     )
     answer = tmp_path / "answer.txt"
     env = {**os.environ, "CODEX_HOME": str(home), "NO_COLOR": "1"}
-    done = subprocess.run(
-        [str(codex), "exec", "--skip-git-repo-check", "--disable", "goals",
-         "--output-last-message", str(answer), "Say hello in one sentence."],
-        cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    for _ in range(2):
+        done = subprocess.run(
+            [str(codex), "exec", "--skip-git-repo-check", "--disable", "goals",
+             "--output-last-message", str(answer), "Say hello in one sentence."],
+            cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        # the 135M model, sampled with a random seed, sometimes repeats one sentence until
+        # the context is full, and Codex fails an incomplete answer: ask once more then
+        # (a CI run saw it); any other failure fails at once
+        if done.returncode == 0 or "reason: max_output_tokens" not in done.stdout + done.stderr:
+            break
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert answer.read_text().strip(), done.stdout[-2000:]
     log = embedded_server.log()
