@@ -22,7 +22,7 @@ from server.engine.base import PAUSE, GenerationParams
 from server.engine.generation import complete, stream_chunks
 from server.engine.gguf.backend import GGUFEngine
 from server.engine.loop_worker import LoopWorker, loop_waker, starve
-from server.engine.runner.remote import RemoteEngine, runner_load
+from server.engine.runner.remote import RemoteEngine
 from server.engine.worker import job_state
 from server.errors import EngineError
 
@@ -187,14 +187,6 @@ async def test_each_stream_has_its_own_job_state_and_blocking_ones_use_the_threa
     assert seen["c"][0] == "c" and seen["c"][1] != main and seen["c"][2] is None
     assert "name" not in job_state()  # the loop's own state is left as it was
     worker.close()
-
-
-@pytest.fixture(scope="module")
-def remote(tiny_gguf_path: Path) -> Iterator[RemoteEngine]:
-    load = runner_load("gguf", tiny_gguf_path.parent, {"max_batch_size": 4}, None, None)
-    engine = RemoteEngine("tiny", load).wait_ready()
-    yield engine
-    engine.close()
 
 
 async def test_a_runners_streams_on_the_loop_equal_the_engine_alone(

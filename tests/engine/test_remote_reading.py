@@ -7,26 +7,15 @@ another thread calls the runner at the same time, each get their own items, in o
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from server.engine.base import GenerationParams
 from server.engine.generation import complete, interleave, stream_chunks
 from server.engine.gguf.backend import GGUFEngine
-from server.engine.runner.remote import RemoteEngine, runner_load
+from server.engine.runner.remote import RemoteEngine
 
 GREEDY = GenerationParams(max_tokens=24, temperature=0.0)
 NEVER = lambda: False  # noqa: E731
-
-
-@pytest.fixture(scope="module")
-def remote(tiny_gguf_path: Path) -> Iterator[RemoteEngine]:
-    load = runner_load("gguf", tiny_gguf_path.parent, {"max_batch_size": 4}, None, None)
-    engine = RemoteEngine("tiny", load).wait_ready()
-    yield engine
-    engine.close()
 
 
 def test_interleaved_streams_and_calls_from_other_threads_get_their_own_items(
