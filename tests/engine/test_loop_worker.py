@@ -13,14 +13,12 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server.engine.base import PAUSE, GenerationParams
-from server.engine.generation import complete, stream_chunks
-from server.engine.gguf.backend import GGUFEngine
+from server.engine.generation import stream_chunks
 from server.engine.loop_worker import LoopWorker, loop_waker, starve
 from server.engine.runner.remote import RemoteEngine
 from server.engine.worker import job_state
@@ -190,12 +188,9 @@ async def test_each_stream_has_its_own_job_state_and_blocking_ones_use_the_threa
 
 
 async def test_a_runners_streams_on_the_loop_equal_the_engine_alone(
-    remote: RemoteEngine, tiny_gguf_path: Path
+    remote: RemoteEngine, alone: tuple[list[list[int]], list[list[int]]]
 ) -> None:
-    local = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, max_batch_size=1)
-    texts = ["Once upon a time", "The cat sat", "1 2 3 4", "hello there"]
-    prompts = [list(local.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
-    want = [[s.token for s in complete(local, p, GREEDY, NEVER).tokens] for p in prompts]
+    prompts, want = alone
     worker = LoopWorker("tiny", concurrency=4)
 
     async def one(prompt: list[int]) -> list[int]:

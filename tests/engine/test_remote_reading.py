@@ -7,24 +7,19 @@ another thread calls the runner at the same time, each get their own items, in o
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
-from server.engine.base import GenerationParams
-from server.engine.generation import complete, interleave, stream_chunks
-from server.engine.gguf.backend import GGUFEngine
+from conftest import GREEDY
+
+from server.engine.generation import interleave, stream_chunks
 from server.engine.runner.remote import RemoteEngine
 
-GREEDY = GenerationParams(max_tokens=24, temperature=0.0)
 NEVER = lambda: False  # noqa: E731
 
 
 def test_interleaved_streams_and_calls_from_other_threads_get_their_own_items(
-    remote: RemoteEngine, tiny_gguf_path: Path
+    remote: RemoteEngine, alone: tuple[list[list[int]], list[list[int]]]
 ) -> None:
-    local = GGUFEngine(tiny_gguf_path, tiny_gguf_path.parent, max_batch_size=1)
-    texts = ["Once upon a time", "The cat sat", "1 2 3 4", "hello there"]
-    prompts = [list(local.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
-    want = [[s.token for s in complete(local, p, GREEDY, NEVER).tokens] for p in prompts]
+    prompts, want = alone
 
     stats: list[dict[str, int]] = []
     stop = threading.Event()
