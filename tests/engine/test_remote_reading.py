@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from conftest import GREEDY
+GREEDY = GenerationParams(max_tokens=24, temperature=0.0, top_logprobs=0)
 
 from server.engine.generation import interleave, stream_chunks
 from server.engine.runner.remote import RemoteEngine
