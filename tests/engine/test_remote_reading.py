@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 
-GREEDY = GenerationParams(max_tokens=24, temperature=0.0, top_logprobs=0)
-
+from server.engine.base import GenerationParams
 from server.engine.generation import interleave, stream_chunks
 from server.engine.runner.remote import RemoteEngine
 
+#: greedy, each chunk's tokens kept (`top_logprobs`), as the `alone` fixture's
+GREEDY = GenerationParams(max_tokens=24, temperature=0.0, top_logprobs=0)
 NEVER = lambda: False  # noqa: E731
 
 
