@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 from pydantic import BaseModel
@@ -154,11 +154,11 @@ def event_stream(
     shutdown = anyio.Event()
 
     async def events() -> AsyncIterator[dict[str, str]]:
-        stop: asyncio.Future[Any] = asyncio.ensure_future(shutdown.wait())
+        items_of = _Interruptible(asyncio.ensure_future(shutdown.wait()))
         iterator = aiter(items)
         try:
             while True:
-                item = await _next_unless(iterator, stop)
+                item = await items_of.next(iterator)
                 if item is None:
                     break
                 yield encode(item)
@@ -171,7 +171,7 @@ def event_stream(
             log.exception("stream failed")
             yield error(PomarError("The server had an error while generating."))
         finally:
-            stop.cancel()
+            items_of.close()
             with anyio.CancelScope(shield=True):  # closes even while being cancelled
                 await _aclose(iterator)
         if last is not None:
@@ -187,33 +187,60 @@ def event_stream(
     )
 
 
-async def _next_unless(iterator: AsyncIterator[T], stop: asyncio.Future[Any]) -> T | None:
-    """The next item, None at the end, or `_ShuttingDown` (closing `iterator`) if `stop`."""
-    if stop.done():
-        raise _ShuttingDown
-    step = asyncio.ensure_future(anext(iterator))
-    try:
-        done, _ = await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # the client went away: cancel into the generator, as before
-        step.cancel()
-        with anyio.CancelScope(shield=True):
-            await _settle(step)
-        raise
-    if step in done:
+class _Interruptible:
+    """A stream's items, awaited in the task that sends them; `_ShuttingDown` once `stop`
+    (the server's shutdown) is done.
+
+    A shutdown while the task waits for an item cancels the task, which cancels into the
+    items' generator (its consumer-gone path frees the engine) and comes out here as
+    `_ShuttingDown`; one while an item is being sent is seen at the next item. Racing
+    each item against `stop` instead (a task and an `asyncio.wait` an item) cost two more
+    turns of the event loop a token, CPU that 2 cores' llama.cpp threads need.
+    """
+
+    def __init__(self, stop: asyncio.Future[Any]) -> None:
+        self._stop = stop
+        self._task = asyncio.current_task()
+        self._waiting = False
+        #: the task was cancelled for the shutdown (and not yet uncancelled)
+        self._interrupted = False
+        stop.add_done_callback(self._on_stop)
+
+    def _on_stop(self, stop: asyncio.Future[Any]) -> None:
+        if not stop.cancelled() and self._waiting and self._task is not None:
+            self._interrupted = True
+            self._task.cancel()
+
+    async def next(self, iterator: AsyncIterator[T]) -> T | None:
+        """The next item, None at the end, or `_ShuttingDown`."""
+        if self._stop.done() and not self._stop.cancelled():
+            self._shutting_down()
+        self._waiting = True
         try:
-            return step.result()
+            return await anext(iterator)
         except StopAsyncIteration:
             return None
-    step.cancel()  # the generator ends: its consumer-gone path frees the engine
-    await _settle(step)
-    raise _ShuttingDown
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise  # the client went away: the cancellation goes on
+            self._shutting_down()
+        finally:
+            self._waiting = False
 
+    def _shutting_down(self) -> NoReturn:
+        """Raise `_ShuttingDown`, taking back the task's own cancellation first (3.11+
+        counts them: a pending one would cancel the final event's send)."""
+        if self._interrupted:
+            self._interrupted = False
+            uncancel = getattr(self._task, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+        raise _ShuttingDown
 
-async def _settle(step: asyncio.Future[Any]) -> None:
-    """Wait for a cancelled step to end; its outcome no longer matters."""
-    await asyncio.wait({step})
-    if not step.cancelled():
-        step.exception()  # retrieved, so asyncio does not report it
+    def close(self) -> None:
+        """Stop watching for the shutdown."""
+        self._stop.remove_done_callback(self._on_stop)
+        self._stop.cancel()
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
