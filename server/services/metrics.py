@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import get_args
+from typing import Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -92,6 +92,8 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        #: `generated` and `itl` of each model (`_token_metrics`)
+        self._per_token: dict[str, tuple[Any, Any]] = {}
         self.live = LiveState()
         r.register(self.live)
         if os.path.exists("/proc/self/stat"):
@@ -120,11 +122,20 @@ class Metrics:
         self.ttft.labels(model).observe(seconds)
 
     def tokens(self, model: str, count: int, seconds_each: float | None) -> None:
-        self.generated.labels(model).inc(count)
+        generated, itl = self._token_metrics(model)
+        generated.inc(count)
         if seconds_each is not None:
-            itl = self.itl.labels(model)
             for _ in range(count):
                 itl.observe(seconds_each)
+
+    def _token_metrics(self, model: str) -> tuple[Any, Any]:
+        """The model's token counter and inter-token histogram, looked up once a model:
+        `labels()` (a lock and a validation) cost more than the count it keeps, once a
+        token."""
+        found = self._per_token.get(model)
+        if found is None:
+            found = self._per_token[model] = (self.generated.labels(model), self.itl.labels(model))
+        return found
 
     def prompt(self, model: str, tokens: int, cached: int) -> None:
         self.prompt_tokens.labels(model).inc(tokens)
