@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pickle
 import queue
 import socket
 import sys
@@ -32,6 +31,7 @@ from server.engine.runner.wire import (
     LoadFailed,
     Ready,
     Submit,
+    pack,
 )
 from server.engine.worker import GenerationWorker
 
@@ -80,9 +80,9 @@ class Outbox:
 
     def _send_now(self, batch: list[Event]) -> None:
         try:
-            # `Connection.send` less its ForkingPickler (a Python subclass made per
-            # message; nothing here needs its reducers): the server's `recv` reads it alike
-            self._conn.send_bytes(pickle.dumps(batch, pickle.HIGHEST_PROTOCOL))
+            # not `Connection.send`: its ForkingPickler is a Python subclass made per
+            # message, and tokens go as tuples (`wire.pack`)
+            self._conn.send_bytes(pack(batch))
         except OSError:
             os._exit(0)  # the server is gone
 

@@ -39,6 +39,7 @@ from server.engine.runner.wire import (
     LoadFailed,
     Ready,
     Submit,
+    unpack,
 )
 from server.engine.worker import job_state
 from server.errors import EngineError, ModelLoadError, PomarError
@@ -292,7 +293,7 @@ class RemoteEngine(Engine):
     def _read(self) -> None:
         while True:
             try:
-                batch: list[Event] = self._conn.recv()
+                batch = unpack(self._conn.recv_bytes())
             except (EOFError, OSError):
                 self._closed.set()
                 break
