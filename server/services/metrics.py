@@ -6,7 +6,8 @@ called on the models' worker threads: prometheus_client's metrics are thread-saf
 What is live state — queues, loaded models, memory, fine-tuning jobs — is read when
 Prometheus scrapes (`LiveState`), from the model registry and the store `watch` names.
 
-Engine runner restarts are not counted: engines run in the server process (issue 20).
+Engine runners started again after a crash are counted too (`pomar_runner_restarts`, read
+from the model registry's supervisor at scrape time).
 """
 
 from __future__ import annotations
