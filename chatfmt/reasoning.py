@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from chatfmt.tools import partial_suffix
+from chatfmt.callstream import partial_suffix
 
 OPEN = "<think>"
 CLOSE = "</think>"

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from chatfmt.callstream import ArgumentsDelta, CallStart, Event, TextDelta
 from chatfmt.toolcalls import CallParser, call_parser, parse_calls
-from chatfmt.tools import ArgumentsDelta, CallStart, Event, TextDelta
 from server.engine.base import Engine
 from server.engine.chatformat import ModelFormat
 from server.engine.constraints import (

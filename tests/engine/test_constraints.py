@@ -16,8 +16,8 @@ import pytest
 from pydantic import BaseModel
 from schemas import Add, GetWeather, Person
 
+from chatfmt.callstream import parse_message
 from chatfmt.toolcalls import HERMES
-from chatfmt.tools import parse_message
 from server.engine.base import TokenConstraint
 from server.engine.constraints import (
     ConstraintFactory,

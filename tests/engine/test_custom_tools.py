@@ -16,8 +16,9 @@ import llguidance
 import pytest
 from test_constraints import compile_, walk
 
+from chatfmt.callstream import ParsedMessage, ToolCallParser
 from chatfmt.toolcalls import HERMES, LLAMA3_JSON, QWEN3_CODER, parse_calls, prompt_tools
-from chatfmt.tools import ParsedMessage, ToolCallParser, custom_call_text, render_messages
+from chatfmt.tools import custom_call_text, render_messages
 from server.engine.constraints import CustomInput, ToolSpec
 from server.engine.output_grammar import Marks, ToolGrammar, output_grammar
 from server.protocol.chat import ChatCompletionRequest

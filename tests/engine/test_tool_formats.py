@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatfmt.callstream import ParsedMessage
 from chatfmt.toolcalls import (
     HERMES,
     LLAMA3_JSON,
@@ -21,7 +22,6 @@ from chatfmt.toolcalls import (
     detect_format,
     parse_calls,
 )
-from chatfmt.tools import ParsedMessage
 from server.engine.constraints import ToolSpec
 from server.engine.detokenizer import Detokenizer
 from server.engine.output_grammar import Marks, ToolGrammar, output_grammar, special_marks

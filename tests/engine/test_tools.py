@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatfmt.tools import (
-    ParsedMessage,
-    ToolCallParser,
-    call_text,
-    parse_message,
-    render_messages,
-    template_takes_tools,
-)
+from chatfmt.callstream import ParsedMessage, ToolCallParser, parse_message
+from chatfmt.tools import call_text, render_messages, template_takes_tools
 from server.engine.templates import ChatTemplate
 
 NAMES = ["get_weather", "add"]
