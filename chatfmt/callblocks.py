@@ -1,6 +1,6 @@
 """Reading one call block of a tool-call format into (name, JSON arguments) pairs.
 
-`chatfmt.toolcalls.BlockParser` cuts the model's text into blocks; the readers here
+`chatfmt.blockparser.BlockParser` cuts the model's text into blocks; the readers here
 turn a block of each format into calls, or None when it is not one (then it stays
 text).
 """
