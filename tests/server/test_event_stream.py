@@ -37,14 +37,19 @@ def cancelling() -> int:
     return task.cancelling() if hasattr(task, "cancelling") else 0
 
 
-async def test_a_shutdown_while_waiting_cancels_into_the_generator() -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+async def first_item() -> tuple[asyncio.Future[None], Items, AsyncIterator[int], _Interruptible]:
+    """A shutdown to come, the items, and their waiter, past the first item."""
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     items = Items()
     iterator = items()
     waiting = _Interruptible(stop)
     assert await waiting.next(iterator) == 1
-    loop.call_later(0.05, stop.set_result, None)
+    return stop, items, iterator, waiting
+
+
+async def test_a_shutdown_while_waiting_cancels_into_the_generator() -> None:
+    stop, items, iterator, waiting = await first_item()
+    asyncio.get_running_loop().call_later(0.05, stop.set_result, None)
     with pytest.raises(_ShuttingDown):
         await waiting.next(iterator)
     assert items.cancelled and items.closed
@@ -55,12 +60,7 @@ async def test_a_shutdown_while_waiting_cancels_into_the_generator() -> None:
 
 
 async def test_a_shutdown_between_items_is_seen_at_the_next_one() -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    items = Items()
-    iterator = items()
-    waiting = _Interruptible(stop)
-    assert await waiting.next(iterator) == 1
+    stop, items, iterator, waiting = await first_item()
     stop.set_result(None)  # while "sending" item 1: nothing is cancelled
     await asyncio.sleep(0)
     assert not items.cancelled and cancelling() == 0
