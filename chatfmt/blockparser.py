@@ -13,7 +13,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from chatfmt.callblocks import READERS, Calls, json_call
+from chatfmt.callblocks import READERS, Calls, json_calls
 from chatfmt.callstream import (
     ArgumentsDelta,
     CallStart,
@@ -209,15 +209,10 @@ def _read_bare(text: str, names: frozenset[str]) -> Calls:
     for fence in _FENCES:
         if body.startswith(fence) and body.endswith("```"):
             body = body[len(fence) : -3].strip()
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError:
+    calls = json_calls(body)
+    if not calls or any(name not in names for name, _ in calls):
         return None
-    items = value if isinstance(value, list) else [value]
-    calls = [json_call(item, "arguments") for item in items]
-    if not calls or any(c is None or c[0] not in names for c in calls):
-        return None
-    return [c for c in calls if c is not None]
+    return calls
 
 
 def _custom_inputs(calls: list[tuple[str, str]], custom: frozenset[str]) -> Calls:

@@ -56,13 +56,7 @@ def _read_mistral(block: str, fmt: ToolFormat, _schemas: Any) -> Calls:
             except json.JSONDecodeError:
                 return None
         return calls
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    items = value if isinstance(value, list) else [value]
-    out = [json_call(item, "arguments") for item in items]
-    return None if any(c is None for c in out) else [c for c in out if c is not None]
+    return json_calls(text)
 
 
 _FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)</function>", re.S)
@@ -107,6 +101,17 @@ def json_call(value: Any, key: str) -> tuple[str, str] | None:
     if not isinstance(arguments, dict):
         return None
     return value["name"], json.dumps(arguments)
+
+
+def json_calls(text: str) -> Calls:
+    """One JSON call object, or a list of them, as calls; None if `text` is not that."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    items = value if isinstance(value, list) else [value]
+    out = [json_call(item, "arguments") for item in items]
+    return None if any(c is None for c in out) else [c for c in out if c is not None]
 
 
 READERS: dict[str, Reader] = {
