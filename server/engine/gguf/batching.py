@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.base import PAUSE, Sampled
-from server.engine.gguf.rows import MAX_ROWS, Memory, Rows, row_logits
+from server.engine.gguf.rows import MAX_ROWS, Memory, RowLogits, Rows
 from server.engine.lookup import DraftSizer, lookup_draft
 from server.engine.sampling import CompletionSampler
 
@@ -112,7 +112,7 @@ class GGUFBatcher:
         `draft_tokens` > 0 turns speculation on, up to that many drafted tokens a step,
         drafted by `drafter` (prompt lookup when None)."""
         self._llama = llama
-        self._vocab = vocab
+        self._logits = RowLogits(vocab)
         self._grow = grow
         self._apply_adapter = apply_adapter
         self._slots = [Slot(i) for i in range(slots)]
@@ -351,7 +351,7 @@ class GGUFBatcher:
         ctx = self._llama.ctx
         matched = 0
         for i in range(len(drafts) + 1):
-            out = sequence.sampler.next(row_logits(ctx, first + i, self._vocab))
+            out = sequence.sampler.next(self._logits(ctx, first + i))
             sequence.sampler.accept(out.token)
             sequence.ready.append(out)
             sequence.budget -= 1

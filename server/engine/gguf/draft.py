@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.gguf.batching import DraftRequest, common_prefix
-from server.engine.gguf.rows import MAX_ROWS, Memory, Rows, new_context, row_logits
+from server.engine.gguf.rows import MAX_ROWS, Memory, RowLogits, Rows, new_context
 from server.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class DraftModel:
             ) from exc
         _check_vocabulary(self.llama, target, gguf_file.name)
         self._slots = slots
-        self._vocab = self.llama.n_vocab()
+        self._logits = RowLogits(self.llama.n_vocab())
         self._target_vocab = int(target.n_vocab())
         self._context = min(int(self.llama._model.n_ctx_train()), context)
         new_context(self.llama, 256, slots)
@@ -121,8 +121,7 @@ class DraftModel:
             self._forget()
             return None
         return {
-            index: int(row_logits(self.llama.ctx, row, self._vocab).argmax())
-            for index, row in wanted.items()
+            index: int(self._logits(self.llama.ctx, row).argmax()) for index, row in wanted.items()
         }
 
     def _stream(self) -> int:

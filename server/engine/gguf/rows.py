@@ -85,16 +85,44 @@ class Rows:
             self._batch = None
 
 
-def row_logits(ctx: Any, row: int, vocab: int) -> Any:
+class RowLogits:
     """One row's float32 logits, in llama.cpp's own buffer: read (and change, as the
-    sampler does in place) before the next decode, which writes over them. No copy: a
-    copy a token of the vocabulary's logits (600 KB for Qwen2.5's 151,936 ids) is time
-    between two decodes that llama-server does not spend."""
-    import llama_cpp
-    import numpy as np
+    sampler does in place) before the next decode, which writes over them.
 
-    pointer = llama_cpp.llama_get_logits_ith(ctx, row)
-    return np.ctypeslib.as_array(pointer, shape=(vocab,))
+    No copy: a copy a token of the vocabulary's logits (600 KB for Qwen2.5's 151,936 ids)
+    is time between two decodes that llama-server does not spend. The numpy view of each
+    row's address is kept: the buffer stays where it is from one decode to the next, and
+    `np.ctypeslib.as_array` (a ctypes array type made a call) took ~55 µs between two
+    decodes, timed in the runner, where a cached view's lookup takes a few.
+    """
+
+    #: views kept at most (a context has at most MAX_ROWS output rows; a new buffer after
+    #: a bigger batch or a new context moves them all)
+    _KEPT = 4 * MAX_ROWS
+
+    def __init__(self, vocab: int) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        self._vocab = vocab
+        self._logits_ith = llama_cpp.llama_get_logits_ith
+        self._cast, self._void_p = ctypes.cast, ctypes.c_void_p
+        self._views: dict[int, Any] = {}
+
+    def __call__(self, ctx: Any, row: int) -> Any:
+        """The logits of batch row `row` of the last decode on `ctx`."""
+        pointer = self._logits_ith(ctx, row)
+        address = self._cast(pointer, self._void_p).value
+        view = self._views.get(address)  # type: ignore[arg-type]
+        if view is None:
+            import numpy as np
+
+            if len(self._views) >= self._KEPT:
+                self._views.clear()
+            view = np.ctypeslib.as_array(pointer, shape=(self._vocab,))
+            self._views[address] = view  # type: ignore[index]
+        return view
 
 
 class Memory:
