@@ -281,8 +281,11 @@ async def load_model(spec: ModelSpec, settings: Settings) -> LoadedModel:
             from server.engine.runner.remote import RemoteEngine, runner_load
 
             load = runner_load(spec.backend, spec.path, options, own.context, draft)
-            # started here, on the event loop's thread: the runner dies with its starter
-            engine: Engine = await asyncio.to_thread(RemoteEngine(spec.id, load).wait_ready)
+            # started here, on the event loop's thread: the runner dies with its starter;
+            # the loop reads its socket (one thread woken a token, not two)
+            remote = RemoteEngine(spec.id, load)
+            loop = asyncio.get_running_loop()
+            engine: Engine = await asyncio.to_thread(remote.wait_ready, loop)
         else:
             engine = await worker.call(
                 lambda: load_engine(

@@ -80,7 +80,7 @@ class LoopWorker(GenerationWorker):
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         cancel = threading.Event()
-        state: dict[str, Any] = {_WAKER: lambda: loop.call_soon_threadsafe(wake.set)}
+        state: dict[str, Any] = {_WAKER: _waker(loop, wake)}
         items: Iterator[T] | None = None
         try:
             items = iter(produce(cancel.is_set))
@@ -127,3 +127,17 @@ class LoopWorker(GenerationWorker):
             if not turn.done():
                 self._active += 1
                 turn.set_result(None)
+
+
+def _waker(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> Callable[[], None]:
+    """Sets `wake` from any thread: directly on the loop's own (a runner's socket read by
+    the loop), else through `call_soon_threadsafe`, which wakes the loop."""
+    own = threading.get_ident()
+
+    def waker() -> None:
+        if threading.get_ident() == own:
+            wake.set()
+        else:
+            loop.call_soon_threadsafe(wake.set)
+
+    return waker

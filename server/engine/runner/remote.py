@@ -3,7 +3,8 @@
 `RemoteEngine` is an `Engine` like the in-process ones, so the services, the worker and
 the generation pipeline (detokenizing, stop strings, parsers) do not change: its
 `token_stream` sends the request to the runner and yields the `Sampled` items that come
-back. A reader thread routes the runner's batches to each request's queue. When the
+back. The runner's batches are routed to each request's queue by the event loop
+(`loop_reader`, where `wait_ready` is given one: the server's) or by a reader thread. When the
 runner dies (a signal, the OOM killer, an exit), every request in flight ends with
 `EngineCrashed` (503, naming the model and the signal) and `crashed` says how; the model
 registry loads a new runner for the next request.
@@ -11,6 +12,7 @@ registry loads a new runner for the next request.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -28,6 +30,7 @@ from typing import Any
 
 from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
 from server.engine.loop_worker import loop_waker, starve
+from server.engine.runner.loop_reader import LoopReader
 from server.engine.runner.process import exit_description, rss_bytes
 from server.engine.runner.wire import (
     Call,
@@ -90,9 +93,13 @@ class RemoteEngine(Engine):
         #: the wakers of requests advanced on the event loop (`LoopWorker`)
         self._wakers: dict[int, Callable[[], None]] = {}
         self._lock = threading.Lock()
+        self._loop_reader: LoopReader | None = None
 
-    def wait_ready(self) -> RemoteEngine:
-        """Block until the runner loaded the model; `ModelLoadError` when it could not."""
+    def wait_ready(self, loop: asyncio.AbstractEventLoop | None = None) -> RemoteEngine:
+        """Block until the runner loaded the model; `ModelLoadError` when it could not.
+
+        With `loop` (a running event loop; call this on another thread) that loop reads
+        the runner's socket, else a reader thread does."""
         try:
             ready = self._conn.recv()
         except (EOFError, OSError):
@@ -107,8 +114,12 @@ class RemoteEngine(Engine):
         self.tokenizer = ready.tokenizer
         self.eos_token_ids = ready.eos_token_ids
         self.pid = ready.pid
-        self._reader = threading.Thread(target=self._read, name=f"runner-{self.name}", daemon=True)
-        self._reader.start()
+        if loop is not None:
+            self._loop_reader = LoopReader(loop, self._conn.fileno(), self._deliver, self._ended)
+            loop.call_soon_threadsafe(self._loop_reader.attach)
+        else:
+            name = f"runner-{self.name}"
+            threading.Thread(target=self._read, name=name, daemon=True).start()
         return self
 
     @property
@@ -221,7 +232,8 @@ class RemoteEngine(Engine):
     def close(self) -> None:
         """Stop the runner (unloading the model): it exits when its socket closes."""
         # shut the socket down first: closing our descriptor alone does not end the
-        # reader thread's blocked recv, so the runner would never see the end of it
+        # reader thread's blocked recv, so the runner would never see the end of it (read
+        # by the loop, the loop sees the end and stops watching it)
         try:
             probe = socket.socket(fileno=os.dup(self._conn.fileno()))
         except OSError:
@@ -230,6 +242,8 @@ class RemoteEngine(Engine):
             with contextlib.suppress(OSError):
                 probe.shutdown(socket.SHUT_RDWR)
             probe.close()
+        if self._loop_reader is not None:
+            self._loop_reader.stop()
         self._conn.close()
         try:
             self._process.wait(timeout=30)
@@ -291,22 +305,32 @@ class RemoteEngine(Engine):
             pass  # the runner is gone: the reader reports it to every open request
 
     def _read(self) -> None:
+        """The reader thread: every message of the runner, then its end."""
         while True:
             try:
-                batch = unpack(self._conn.recv_bytes())
+                data = self._conn.recv_bytes()
             except (EOFError, OSError):
-                self._closed.set()
                 break
-            wake: dict[int, Callable[[], None]] = {}
-            with self._lock:
-                for event in batch:
-                    inbox = self._inboxes.get(event.request)
-                    if inbox is not None:
-                        inbox.put(event)
-                        if event.request in self._wakers:
-                            wake[event.request] = self._wakers[event.request]
-            for waker in wake.values():  # once a request, however many items came
-                waker()
+            self._deliver(data)
+        self._ended()
+
+    def _deliver(self, data: bytes) -> None:
+        """Route one message of the runner (a batch of items) to the requests' queues."""
+        batch = unpack(data)
+        wake: dict[int, Callable[[], None]] = {}
+        with self._lock:
+            for event in batch:
+                inbox = self._inboxes.get(event.request)
+                if inbox is not None:
+                    inbox.put(event)
+                    if event.request in self._wakers:
+                        wake[event.request] = self._wakers[event.request]
+        for waker in wake.values():  # once a request, however many items came
+            waker()
+
+    def _ended(self) -> None:
+        """The runner's socket closed: reap the runner, fail what was in flight."""
+        self._closed.set()
         self._process.wait()
         with self._lock:
             self._crashed = self._how()
