@@ -153,7 +153,7 @@ def event_stream(
     """
     shutdown = anyio.Event()
 
-    async def events() -> AsyncIterator[dict[str, str]]:
+    async def events() -> AsyncIterator[bytes | dict[str, str]]:
         items_of = _Interruptible(asyncio.ensure_future(shutdown.wait()))
         iterator = aiter(items)
         try:
@@ -161,7 +161,7 @@ def event_stream(
                 item = await items_of.next(iterator)
                 if item is None:
                     break
-                yield encode(item)
+                yield sse_bytes(encode(item))
         except _ShuttingDown:
             message = "The server is shutting down; the reply was cut short."
             yield error(PomarError(message, code="server_shutting_down"))
@@ -185,6 +185,26 @@ def event_stream(
         shutdown_event=shutdown,
         shutdown_grace_period=SHUTDOWN_GRACE_S,
     )
+
+
+def sse_bytes(fields: dict[str, str]) -> bytes | dict[str, str]:
+    """One event's `event:` and `data:` lines as sse-starlette writes them (`sep` "\\n"),
+    made here for the common event, a token's: a one-line `data`, maybe an `event` name.
+    Any other goes to sse-starlette's `ServerSentEvent` (a regular expression and a string
+    buffer an event, time taken from llama.cpp's threads on 2 cores)."""
+    data = fields.get("data")
+    event = fields.get("event")
+    if data is None or len(fields) != (1 if event is None else 2) or _breaks(data):
+        return fields
+    if event is None:
+        return f"data: {data}\n\n".encode()
+    if _breaks(event):
+        return fields
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+def _breaks(text: str) -> bool:
+    return "\n" in text or "\r" in text
 
 
 class _Interruptible:

@@ -104,3 +104,34 @@ async def test_a_client_going_away_still_cancels() -> None:
         await task
     assert items.cancelled and items.closed
     assert stop.cancelled()  # close() stops watching for the shutdown
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"data": '{"choices":[{"delta":{"content":"h\\u00e9 \\n"}}]}'},
+        {"data": "[DONE]"},
+        {"data": ""},
+        {"event": "response.output_text.delta", "data": '{"delta":"ü"}'},
+        {"data": "two\nlines"},
+        {"data": "cr\rlf\r\n"},
+        {"event": "bad\nname", "data": "x"},
+        {"event": "only"},
+        {"data": "x", "id": "7"},
+    ],
+)
+def test_an_events_bytes_are_what_sse_starlette_writes(fields: dict[str, str]) -> None:
+    from sse_starlette import ServerSentEvent
+
+    from server.routes.common import sse_bytes
+
+    want = ServerSentEvent(**fields, sep="\n").encode()
+    made = sse_bytes(fields)
+    got = made if isinstance(made, bytes) else ServerSentEvent(**made, sep="\n").encode()
+    assert got == want
+    # the one-line data events (a token's) are written here, the rest left as they were
+    assert isinstance(made, bytes) == (
+        set(fields) <= {"data", "event"}
+        and "data" in fields
+        and not any(c in v for v in fields.values() for c in "\r\n")
+    )
