@@ -107,6 +107,7 @@ def stream_chunks(
     # the next chunk that has text
     pending: list[Sampled] = []
     count = cached = 0
+    last: Chunk | None = None  # a stop string's or the length's chunk, sent after closing
     try:
         for sampled in tokens:
             if sampled is PAUSE:
@@ -126,11 +127,11 @@ def stream_chunks(
                 pending.append(sampled)
             text, stopped = matcher.feed(detok.add(sampled.token))
             if stopped:
-                yield Chunk(text, count, "stop", tuple(pending), cached, matcher.matched)
-                return
+                last = Chunk(text, count, "stop", tuple(pending), cached, matcher.matched)
+                break
             if count >= params.max_tokens:
-                yield Chunk(text + matcher.flush(), count, "length", tuple(pending), cached)
-                return
+                last = Chunk(text + matcher.flush(), count, "length", tuple(pending), cached)
+                break
             if text:
                 yield Chunk(text, count, None, tuple(pending), cached)
                 pending = []
@@ -138,10 +139,13 @@ def stream_chunks(
             # a backend ends its stream early only when cancelled or out of context
             finish = "cancelled" if should_stop() else "length"
     finally:
+        # closed before the last chunk goes: the engine frees the sequence at once
         close = getattr(tokens, "close", None)
         if close is not None:
             close()
-    if finish == "cancelled":
+    if last is not None:
+        yield last
+    elif finish == "cancelled":
         yield Chunk("", count, finish, (), cached)
     else:
         yield Chunk(matcher.flush(), count, finish, tuple(pending), cached)

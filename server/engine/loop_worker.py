@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_WAKER, _STARVED = "loop_waker", "loop_starved"
+_WAKER, _STARVED, _NOTHING_AFTER = "loop_waker", "loop_starved", "loop_nothing_after"
 
 
 def loop_waker() -> Callable[[], None] | None:
@@ -43,6 +43,18 @@ def starve() -> None:
     """Say that the current job's next item is not here yet: the `PAUSE` it yields now
     is not passed on, and the job sleeps until its waker is called."""
     job_state()[_STARVED] = True
+
+
+def nothing_after(nothing: bool = True) -> None:
+    """Say that the engine has nothing more for the current job after the item it yields
+    now: the job then waits for its waker before it is advanced again, rather than pass
+    through its producers only to find that out (and `starve`), once a token. The engine
+    takes it back (`nothing_after(False)`) when it is resumed or closed, so a producer
+    that goes on by itself after that item (its last chunk) is not kept waiting."""
+    if nothing:
+        job_state()[_NOTHING_AFTER] = True
+    else:
+        job_state().pop(_NOTHING_AFTER, None)
 
 
 class LoopWorker(GenerationWorker):
@@ -85,6 +97,8 @@ class LoopWorker(GenerationWorker):
         try:
             items = iter(produce(cancel.is_set))
             while True:
+                if state.pop(_NOTHING_AFTER, False):
+                    await wake.wait()  # set by a token since the last clear, or the next
                 wake.clear()  # before the engine looks: a token after that wakes us
                 with job_context(state):
                     try:

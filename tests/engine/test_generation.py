@@ -106,6 +106,20 @@ def test_stream_chunks_eos_and_length(tokenizer: object) -> None:
     assert done.text == tokenizer.decode(words[:2])  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    "params", [GenerationParams(stop=("four",)), GenerationParams(max_tokens=3)]
+)
+def test_the_engine_stream_is_closed_before_the_last_chunk_goes(
+    tokenizer: object, params: GenerationParams
+) -> None:
+    # so the engine frees the sequence at once, and a runner's stream no longer says it
+    # has nothing after its item while the last chunk waits to be taken
+    engine = ScriptedEngine(tokenizer, script_for(tokenizer, "one two three four five six"))
+    for chunk in stream_chunks(engine, [1], params, lambda: False):
+        assert engine.closed == (chunk.finish_reason is not None)
+    assert chunk.finish_reason == ("stop" if params.stop else "length")
+
+
 def test_multibyte_characters_are_never_split(tokenizer: object) -> None:
     text = "café 😀 ação"
     engine = ScriptedEngine(tokenizer, script_for(tokenizer, text))

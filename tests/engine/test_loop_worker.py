@@ -19,7 +19,7 @@ import pytest
 
 from server.engine.base import PAUSE, GenerationParams
 from server.engine.generation import stream_chunks
-from server.engine.loop_worker import LoopWorker, loop_waker, starve
+from server.engine.loop_worker import LoopWorker, loop_waker, nothing_after, starve
 from server.engine.runner.remote import RemoteEngine
 from server.engine.worker import job_state
 from server.errors import EngineError
@@ -97,6 +97,42 @@ async def test_items_come_in_order_and_the_loop_runs_while_a_stream_waits() -> N
     assert ticks > 10
     assert feed.closed.is_set()
     assert (worker.running, worker.queued, worker.busy) == (0, 0, False)
+    worker.close()
+
+
+async def test_a_job_with_nothing_after_its_item_waits_for_its_waker_to_go_on() -> None:
+    # the engine's side (a runner's token stream): it says so when its queue is empty as
+    # it yields, and takes it back when resumed
+    worker = LoopWorker("t")
+    feed = Feed()
+    resumed = 0
+
+    def produce(should_stop: Callable[[], bool]) -> Iterator[Any]:
+        nonlocal resumed
+        feed.waker = loop_waker()
+        feed.ready.set()
+        while True:
+            resumed += 1
+            try:
+                item = feed.items.get_nowait()
+            except queue.Empty:
+                starve()
+                yield PAUSE
+                continue
+            if item is None:
+                return
+            nothing_after(feed.items.empty())
+            try:
+                yield item
+            finally:
+                nothing_after(False)
+
+    feeder = feed_later(feed, [1, 2, 3, None], gap=0.05)
+    got = [item async for item in worker.stream(produce)]
+    feeder.join()
+    assert got == [1, 2, 3]
+    # the first look, each item, the end: never resumed only to find nothing there
+    assert resumed == 5
     worker.close()
 
 

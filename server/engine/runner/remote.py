@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from server.engine.base import PAUSE, Engine, GenerationParams, Sampled, ShouldStop
-from server.engine.loop_worker import loop_waker, starve
+from server.engine.loop_worker import loop_waker, nothing_after, starve
 from server.engine.runner.loop_reader import LoopReader
 from server.engine.runner.process import exit_description, rss_bytes
 from server.engine.runner.wire import (
@@ -186,7 +186,14 @@ class RemoteEngine(Engine):
                         continue
                 if event.kind == "item":
                     tokens = True
-                    yield event.value
+                    if waker is None:
+                        yield event.value
+                        continue
+                    nothing_after(inbox.empty())
+                    try:
+                        yield event.value
+                    finally:
+                        nothing_after(False)
                 elif event.kind == "done":
                     finished = True
                     return
