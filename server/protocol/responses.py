@@ -174,8 +174,10 @@ class Response(OpenAIModel):
     top_logprobs: int | None = None
     top_p: float | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
-    usage: ResponseUsage | None = None
-    user: str | None = None
+    # OpenAI's document types both as present or absent, never null (its API sends null):
+    # left out while unknown (usage, before the end) or not given (user)
+    usage: ResponseUsage | None = Field(None, exclude_if=lambda v: v is None)
+    user: str | None = Field(None, exclude_if=lambda v: v is None)
     metadata: dict[str, str] = Field(default_factory=dict)
     #: pomar: tools of the request left out of the prompt (hosted tools only OpenAI's
     #: cloud runs); absent when every tool was served

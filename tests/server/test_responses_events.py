@@ -149,6 +149,17 @@ def test_length_makes_the_response_and_its_last_item_incomplete(store: Store) ->
     assert final["output"][0]["status"] == "incomplete"
 
 
+def test_user_and_usage_are_left_out_rather_than_null(store: Store) -> None:
+    # OpenAI's document types them as a string and an object, never null (a fuzzed
+    # request's 200 answer failed its schema with `"user": null`)
+    events = run(store, [chunk(Delta(content="Hi")), chunk(Delta(), finish="length")])
+    created = events[0].model_dump(mode="json")["response"]
+    final = events[-1].model_dump(mode="json")["response"]
+    assert "usage" not in created and "user" not in created and "user" not in final
+    events = run(store, [chunk(Delta(content="Hi")), chunk(Delta(), finish="stop")], user="u-1")
+    assert events[-1].model_dump(mode="json")["response"]["user"] == "u-1"
+
+
 def test_an_empty_answer_is_an_empty_message(store: Store) -> None:
     events = run(store, [chunk(Delta(role="assistant", content="")), chunk(Delta(), "stop")])
     check(events)
