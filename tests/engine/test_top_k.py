@@ -1,5 +1,6 @@
-"""`top_k` in the one sampler (numpy, for torch and GGUF) and the MLX sampler, and the
-stop string a completion reports when one ended it (the Messages API's `stop_sequence`)."""
+"""`top_k` in the one sampler (numpy, for torch and GGUF) and the MLX sampler, the stop
+string a completion reports when one ended it (the Messages API's `stop_sequence`), and
+the one sampler's logit biases and penalties."""
 
 from __future__ import annotations
 
@@ -80,3 +81,30 @@ def test_top_k_1_is_greedy_on_every_engine(engines: dict[str, Any]) -> None:
         for seed in (1, 2):
             hot = replace(greedy, temperature=1.5, top_k=1, seed=seed)
             assert run(hot) == expected, name
+
+
+@pytest.mark.parametrize("biases", [2, 9, 40])  # id by id up to 8, numpy's indexing above
+@pytest.mark.parametrize("penalty", [0.0, 0.7])
+def test_biases_and_penalties_adjust_the_scores_as_written(biases: int, penalty: float) -> None:
+    from server.engine.sampling import Adjuster
+
+    rng = np.random.default_rng(biases)
+    vocab = 300
+    bias = {int(t): float(rng.uniform(-5, 5)) for t in rng.choice(vocab, biases, replace=False)}
+    params = GenerationParams(
+        logit_bias=bias, presence_penalty=penalty, frequency_penalty=penalty / 2
+    )
+    adjust = Adjuster(params, vocab)
+    seen = [3, 3, 17]
+    for token in seen:
+        adjust.count(token)
+    logits = rng.normal(size=vocab).astype(np.float32)
+    want = logits.copy()
+    for token, b in bias.items():
+        want[token] += np.float32(b)
+    counts = np.bincount(seen, minlength=vocab).astype(np.float32)
+    want -= np.float32(penalty / 2) * counts
+    want -= np.float32(penalty) * (counts > 0).astype(np.float32)
+    got = adjust(logits.copy())
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
