@@ -53,9 +53,9 @@ def test_chat_answers_with_usage(gguf_server: LiveServer, embedded_model_path: P
         max_completion_tokens=20,
     )
     assert again.choices[0].message.content == out.choices[0].message.content
-    # the KV cache still holds the prompt: all of it but the last token is reused
+    # the KV cache still holds the prompt, and its slot the logits of its last token
     details = again.usage.prompt_tokens_details if again.usage else None
-    assert details is not None and details.cached_tokens == out.usage.prompt_tokens - 1
+    assert details is not None and details.cached_tokens == out.usage.prompt_tokens
 
 
 def test_stream_equals_whole_and_reports_usage(gguf_server: LiveServer) -> None:

@@ -340,7 +340,7 @@ class GGUFEngine(Engine):
                 rows.add(token, start + i, slot.seq_id, True)
             if rows.decode(self.llama.ctx) != 0:
                 self._batcher.memory.drop(slot.seq_id)
-                slot.tokens = []
+                slot.truncate(0)
                 raise RuntimeError("llama.cpp could not read the prompt (the cache is full)")
             slot.tokens.extend(chunk)
             pointer = llama_cpp.llama_get_logits(self.llama.ctx)

@@ -10,8 +10,11 @@ with its own sampler (seed, penalties, bias, grammar, logprobs).
 
 A finished sequence leaves its cache behind in its slot: a new prompt takes the idle
 slot with the longest common prefix, or copies that prefix from any slot (busy or idle)
-into a free one. When a sequence outgrows its stream, the context grows (each stream
-doubles, up to the model's context) and every open sequence reads its tokens again.
+into a free one. The slot also keeps the logits its prompt's last row gave, so the same
+prompt again samples its first token from them without a step: the same first token as
+the first time, at no cost (`Slot.kept`). When a sequence outgrows its stream, the
+context grows (each stream doubles, up to the model's context) and every open sequence
+reads its tokens again.
 
 All methods run on the engine's worker thread.
 """
@@ -20,14 +23,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.base import PAUSE, Sampled
 from server.engine.gguf.rows import MAX_ROWS, Memory, RowLogits, Rows
-from server.engine.lookup import DraftSizer, lookup_draft
+from server.engine.gguf.slots import Sequence, Slot, common_prefix, runs
+from server.engine.lookup import lookup_draft
 from server.engine.sampling import CompletionSampler
 
 log = logging.getLogger(__name__)
@@ -53,45 +55,7 @@ def _lookup(requests: list[DraftRequest]) -> list[list[int]]:
 
 
 #: a decode row to sample: the sequence, its first row, the tokens drafted after it
-Planned = tuple["Sequence", int, list[int]]
-
-
-@dataclass(eq=False)
-class Slot:
-    """One llama.cpp sequence id and what its part of the cache holds."""
-
-    seq_id: int
-    #: the adapter the cached keys and values were computed with ("" = the base)
-    adapter: str = ""
-    #: the token at each cached position, from 0
-    tokens: list[int] = field(default_factory=list)
-    owner: Sequence | None = None
-    #: when it was last used (for choosing which idle slot to reuse or empty)
-    used: int = 0
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One completion: its sampler, what it still has to read, the tokens it made."""
-
-    order: int
-    adapter: str
-    prompt: list[int]
-    sampler: CompletionSampler
-    #: tokens it may still sample
-    budget: int
-    slot: Slot | None = None
-    #: tokens to read into the cache (no logits) before `feed`
-    todo: list[int] = field(default_factory=list)
-    #: the token whose logits give the next sample
-    feed: int = -1
-    #: prompt tokens the cache already held when it got its slot
-    cached: int = 0
-    ready: deque[Sampled] = field(default_factory=deque)
-    #: how many tokens its next draft may have, from how its drafts fared
-    sizer: DraftSizer = field(default_factory=DraftSizer)
-    finished: bool = False
-    error: BaseException | None = None
+Planned = tuple[Sequence, int, list[int]]
 
 
 class GGUFBatcher:
@@ -155,12 +119,15 @@ class GGUFBatcher:
     def next(self, sequence: Sequence) -> Sampled | None:
         """The sequence's next token; None once it made its last one; PAUSE while it
         waits for a slot that only another stream's consumer can free."""
+        if sequence.first is not None:
+            logits, sequence.first = sequence.first.copy(), None  # the sampler writes in it
+            self._emit(sequence, logits)
         while not sequence.ready:
             if sequence.error is not None:
                 raise sequence.error
             if sequence.finished:
                 return None
-            if sequence.slot is None and not any(_runs(s) for s in self._open):
+            if sequence.slot is None and not any(runs(s) for s in self._open):
                 return PAUSE
             self._step(sequence)
         return sequence.ready.popleft()
@@ -184,7 +151,8 @@ class GGUFBatcher:
             raise RuntimeError("every sequence slot of the model is busy; try again")
         slot = min(free, key=lambda s: s.used)
         self.memory.drop(slot.seq_id)
-        slot.tokens, slot.adapter, slot.used = [], adapter, next(self._clock)
+        slot.truncate(0)
+        slot.adapter, slot.used = adapter, next(self._clock)
         return slot
 
     def stream_cells(self) -> int:
@@ -206,7 +174,8 @@ class GGUFBatcher:
         if not free:
             return  # it waits for a sequence to close
         target = min(free, key=lambda s: s.seq_id)
-        head = sequence.prompt[:-1]  # the last prompt token is always fed for its logits
+        prompt = sequence.prompt
+        head = prompt[:-1]  # the last prompt token is fed for its logits, unless kept
         best, shared = target, 0
         for slot in self._slots:
             if slot.adapter != sequence.adapter:
@@ -214,32 +183,46 @@ class GGUFBatcher:
             n = common_prefix(slot.tokens, head)
             if n > shared or (n == shared and slot is target):
                 best, shared = slot, n
+        kept = best.kept
+        if (
+            kept is not None
+            and kept[0] == len(prompt)
+            and shared == len(head)
+            and best.tokens[len(head)] == prompt[-1]
+        ):  # the same prompt again, all of it cached
+            shared, sequence.first = len(prompt), kept[1]
         if best is target:
             if not self.memory.drop(target.seq_id, shared):
                 self.memory.drop(target.seq_id)
-                shared = 0
-            del target.tokens[shared:]
+                shared, sequence.first = 0, None
+            target.truncate(shared)
         else:
             self.memory.drop(target.seq_id)
-            target.tokens = []
+            target.truncate(0)
             if shared >= COPY_MIN:
                 self.memory.copy(best.seq_id, target.seq_id, shared)
                 target.tokens = best.tokens[:shared]
+                target.kept = kept if sequence.first is not None else None
                 log.debug("prompt prefix of %d tokens copied from slot %d", shared, best.seq_id)
             else:
-                shared = 0
+                shared, sequence.first = 0, None
         target.adapter, target.owner, target.used = sequence.adapter, sequence, next(self._clock)
         sequence.slot = target
         sequence.cached = shared
+        sequence.keep = sequence.first is None
         sequence.todo = head[shared:]
 
     def _invalidate(self, slot: Slot) -> None:
         """Forget the slot's cache; its sequence, if any, reads its tokens again."""
         owner = slot.owner
         if owner is not None:
-            owner.todo = slot.tokens + owner.todo
+            if owner.first is not None:  # its prompt is all in the slot: read it again
+                owner.first, owner.keep = None, True
+                owner.todo = slot.tokens[:-1]
+            else:
+                owner.todo = slot.tokens + owner.todo
         self.memory.drop(slot.seq_id)
-        slot.tokens = []
+        slot.truncate(0)
 
     # -- steps -------------------------------------------------------------------
 
@@ -248,8 +231,8 @@ class GGUFBatcher:
         adapter = asking.adapter
         if asking.slot is None:
             # it waits for a slot: run the sequences that hold them
-            adapter = next(s.adapter for s in self._open if _runs(s))
-        group = [s for s in self._open if s.adapter == adapter and _runs(s)]
+            adapter = next(s.adapter for s in self._open if runs(s))
+        group = [s for s in self._open if s.adapter == adapter and runs(s)]
         self._apply_adapter(adapter)
         try:
             planned = self._plan(group, asking)
@@ -294,11 +277,11 @@ class GGUFBatcher:
                 return None
             chunk, sequence.todo = sequence.todo[:take], sequence.todo[take:]
             self._add(sequence, chunk, logits=False)
-            if not sequence.todo and ready:
-                # the prompt is in: its last token joins this step's decoding rows. Alone,
-                # it waits for the next step: llama.cpp's logits for a prompt's last row
-                # differ from a one-row step's by up to ~0.5, and one stream then samples
-                # alike from a cold and a cached prompt.
+            if not sequence.todo:
+                # the prompt's last token ends its last slice, as on llama-server: a step of
+                # its own cost a lone stream's first token 12-15 ms. llama.cpp's logits for
+                # that row differ from a one-row step's (by up to ~0.5 on the Q4_1 model),
+                # so the slot keeps them: the same prompt again samples from them.
                 planned.append((sequence, self._add(sequence, [sequence.feed], logits=True), []))
         return planned
 
@@ -349,28 +332,39 @@ class GGUFBatcher:
         sampled token is the drafted one (its row saw exactly what a plain step would),
         then forget the cache of the drafted tokens the model did not confirm."""
         ctx = self._llama.ctx
+        slot = sequence.slot
+        assert slot is not None
+        if sequence.keep:  # its prompt's last row: kept for the same prompt again
+            sequence.keep = False
+            slot.kept = (len(sequence.prompt), self._logits(ctx, first).copy())
         matched = 0
         for i in range(len(drafts) + 1):
-            out = sequence.sampler.next(self._logits(ctx, first + i))
-            sequence.sampler.accept(out.token)
-            sequence.ready.append(out)
-            sequence.budget -= 1
-            if sequence.budget <= 0:
-                sequence.finished = True  # its last token is never fed
+            token = self._emit(sequence, self._logits(ctx, first + i))
+            if token is None:
                 break
-            if i < len(drafts) and out.token == drafts[i]:
+            if i < len(drafts) and token == drafts[i]:
                 matched += 1
                 continue
-            sequence.feed = out.token
             break
         if drafts:
             self._judge(sequence, len(drafts), matched)
-            slot = sequence.slot
-            assert slot is not None
             unconfirmed = len(drafts) - matched
             if unconfirmed:
-                del slot.tokens[-unconfirmed:]
+                slot.truncate(len(slot.tokens) - unconfirmed)
                 self.memory.drop(slot.seq_id, len(slot.tokens))
+
+    def _emit(self, sequence: Sequence, logits: Any) -> int | None:
+        """Sample the sequence's next token from `logits` into its buffer; None when it
+        was its last (never fed), else the token, for the caller to feed or check."""
+        out = sequence.sampler.next(logits)
+        sequence.sampler.accept(out.token)
+        sequence.ready.append(out)
+        sequence.budget -= 1
+        if sequence.budget <= 0:
+            sequence.finished = True
+            return None
+        sequence.feed = out.token
+        return out.token
 
     def _judge(self, sequence: Sequence, drafted: int, matched: int) -> None:
         """Count a verified draft and size the sequence's next one (`DraftSizer`)."""
@@ -385,17 +379,3 @@ class GGUFBatcher:
         self.memory.clear()
         for slot in self._slots:
             self._invalidate(slot)  # the sequences of other adapters read their tokens again
-
-
-def _runs(sequence: Sequence) -> bool:
-    """Whether a step would decode for the sequence."""
-    return sequence.slot is not None and not sequence.finished and sequence.error is None
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two id lists."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

@@ -14,8 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from server.engine.gguf.batching import DraftRequest, common_prefix
+from server.engine.gguf.batching import DraftRequest
 from server.engine.gguf.rows import MAX_ROWS, Memory, RowLogits, Rows, new_context
+from server.engine.gguf.slots import common_prefix
 from server.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
