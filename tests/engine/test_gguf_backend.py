@@ -294,6 +294,26 @@ def test_adapters_switch_per_request(gguf_engine: GGUFEngine, gguf_adapter: Path
     assert tokens(gguf_engine, ids, GREEDY) == base  # the cache was not reused across
 
 
+def test_kept_logits_stay_with_their_adapter(gguf_engine: GGUFEngine, gguf_adapter: Path) -> None:
+    """A one-token prompt shares no cached prefix, yet the slot it lands in may hold the
+    same prompt's logits under another adapter: those are not its first token's."""
+    ids = [gguf_engine.tokenizer.bos_token_id or 1]
+    gguf_engine.clear_cache()
+    base = next_logits(gguf_engine, ids)
+    gguf_engine.activate_adapter(gguf_adapter)
+    try:
+        adapted = next_logits(gguf_engine, ids)
+    finally:
+        gguf_engine.activate_adapter(None)
+    assert not np.allclose(adapted, base, atol=1e-3)
+    gguf_engine.clear_cache()
+    gguf_engine.activate_adapter(gguf_adapter)
+    try:
+        assert np.allclose(next_logits(gguf_engine, ids), adapted, atol=1e-3)
+    finally:
+        gguf_engine.activate_adapter(None)
+
+
 AGREEMENT_PROMPTS = [
     "What is the capital of France?",
     "Name three fruits.",

@@ -186,6 +186,7 @@ class GGUFBatcher:
         kept = best.kept
         if (
             kept is not None
+            and best.adapter == sequence.adapter  # `target` is the default, of any adapter
             and kept[0] == len(prompt)
             and shared == len(head)
             and best.tokens[len(head)] == prompt[-1]
@@ -202,7 +203,8 @@ class GGUFBatcher:
             if shared >= COPY_MIN:
                 self.memory.copy(best.seq_id, target.seq_id, shared)
                 target.tokens = best.tokens[:shared]
-                target.kept = kept if sequence.first is not None else None
+                if sequence.first is not None:
+                    target.kept = kept
                 log.debug("prompt prefix of %d tokens copied from slot %d", shared, best.seq_id)
             else:
                 shared, sequence.first = 0, None
